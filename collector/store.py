@@ -1,0 +1,343 @@
+"""LMDB environment: the WAL, checkpoints, closed sessions and their indexes, live sessions.
+
+Layout (one environment, named databases; integers are unsigned big-endian so keys sort by
+value):
+
+| db         | key                                                   | value                  |
+|------------|-------------------------------------------------------|------------------------|
+| `wal`      | u64 seq                                               | u8 kind + payload      |
+| `meta`     | b"checkpoint", b"wal_pos", b"clock", b"sessionizer"   | state, u64, u64, JSON  |
+| `sessions` | session_id (ascii)                                    | summary JSON           |
+| `details`  | session_id                                            | detail JSON            |
+| `by_time`  | u64 start_ms + session_id                             | b""                    |
+| `by_user`  | user_tag utf-8 + b"\\x00" + u64 start_ms + session_id  | b""                    |
+| `by_app`   | app + b"\\x00" + u64 start_ms + session_id             | b""                    |
+| `live`     | session_id                                            | summary of an open one |
+
+`meta`: the core's checkpointed state, the WAL position it includes, the sessionizer clock
+(the last tick), and the sessionizer's status for the fronts' `/readyz`.
+
+WAL entries are of two kinds. `RECORDS`: the framed records of one group commit (the bytes
+`_core.prepare` returned). `TICK`: a u64 wall-clock time at which the sessionizer calls
+`flush(now)`. Ticks are written into the WAL rather than taken from the clock when replaying
+so that the core sees exactly the same sequence of calls after a restart as before it: replay
+is deterministic, and a closed session rewritten by a replay is byte-identical (idempotent).
+
+Sequence numbers are assigned inside the write transaction (last key + 1), so WAL order is
+commit order, across every process that appends, without gaps a reader could observe.
+
+Concurrency: LMDB lets one process-wide writer and any number of readers run at once (readers
+never block writers). Growing the map (`set_mapsize`) is only allowed while the process has
+no transaction open, so every transaction here goes through a small shared/exclusive gate:
+`read()` and `write()` take it shared; a map resize takes it exclusive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import lmdb
+import orjson
+
+if TYPE_CHECKING:
+    from collector._core import ClosedSession
+
+log = logging.getLogger(__name__)
+
+DB_NAMES = ("wal", "meta", "sessions", "details", "by_time", "by_user", "by_app", "live")
+U64 = struct.Struct(">Q")
+T = TypeVar("T")
+
+# WAL entry kinds (first byte of the value).
+RECORDS = 1
+TICK = 2
+_RECORDS_PREFIX = bytes([RECORDS])
+
+META_CHECKPOINT = b"checkpoint"
+META_WAL_POS = b"wal_pos"
+META_CLOCK = b"clock"
+META_SESSIONIZER = b"sessionizer"
+
+# LMDB's default maximum key size is 511 bytes; a user tag is at most 256 characters (1 KiB
+# of UTF-8), so index keys carry at most this many bytes of it. Whoever looks a tag up must
+# compare the summary's `user_tag` when the tag is this long (or contains NUL).
+MAX_TAG_KEY_BYTES = 400
+
+
+def time_key(start_ms: int, session_id: str) -> bytes:
+    return U64.pack(max(start_ms, 0)) + session_id.encode()
+
+
+def tag_prefix(tag: str) -> bytes:
+    """The key prefix of every index entry of `tag` (user tag in `by_user`, app in `by_app`)."""
+    return tag.encode()[:MAX_TAG_KEY_BYTES] + b"\x00"
+
+
+def tag_key(tag: str, start_ms: int, session_id: str) -> bytes:
+    return tag_prefix(tag) + time_key(start_ms, session_id)
+
+
+class _Gate:
+    """Shared/exclusive lock: transactions share it, a map resize holds it alone (and is
+    preferred, so a steady stream of readers cannot starve it)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._waiting = 0
+        self._exclusive = False
+
+    def acquire_shared(self) -> None:
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+
+    def release_shared(self) -> None:
+        with self._cond:
+            self._shared -= 1
+            if not self._shared:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class Store:
+    """The LMDB environment and its databases (`dbs[name]`).
+
+    Use `read()` for read transactions and `write(fn)` for write transactions: both handle a
+    map grown by another process, and `write` grows the map itself when it is full.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        map_size: int = 1 << 30,
+        max_map_size: int = 1 << 40,
+        sync: bool = True,
+    ) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_map_size = max_map_size
+        # sync=True: every commit is fdatasync'ed — "a 2xx means durable" rests on it.
+        self.env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=sync,
+            max_readers=512, readahead=False,
+        )  # fmt: skip
+        self.dbs = {name: self.env.open_db(name.encode()) for name in DB_NAMES}
+        self._gate = _Gate()
+
+    def close(self) -> None:
+        with self._gate.exclusive():
+            self.env.close()
+
+    # --- transactions -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction (a consistent snapshot; it never blocks writers)."""
+        txn = self._begin(write=False)
+        try:
+            yield txn
+        finally:
+            txn.abort()
+            self._gate.release_shared()
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run `fn` in one write transaction and commit it (fsync). Blocking: call it from a
+        worker thread. When the map is full, the transaction is aborted, the map doubled and
+        `fn` run again, so `fn` must only touch the transaction it is given."""
+        while True:
+            txn = self._begin(write=True)
+            try:
+                result = fn(txn)
+                txn.commit()
+                return result
+            except lmdb.MapFullError:
+                txn.abort()
+            except BaseException:
+                txn.abort()
+                raise
+            finally:
+                self._gate.release_shared()
+            self._grow()
+
+    def _begin(self, *, write: bool) -> lmdb.Transaction:
+        """Begin a transaction; returns with the gate held shared."""
+        while True:
+            self._gate.acquire_shared()
+            try:
+                return self.env.begin(write=write)
+            except lmdb.MapResizedError:
+                self._gate.release_shared()
+            except BaseException:
+                self._gate.release_shared()
+                raise
+            # Another process grew the map beyond ours: adopt its size, then begin again.
+            with self._gate.exclusive():
+                self.env.set_mapsize(0)
+
+    def _grow(self) -> None:
+        with self._gate.exclusive():
+            current = self.env.info()["map_size"]
+            if current >= self.max_map_size:
+                raise lmdb.MapFullError(
+                    f"LMDB map is full at its maximum size ({current} bytes, max_map_size)"
+                )
+            new = min(current * 2, self.max_map_size)
+            self.env.set_mapsize(new)
+            log.warning("grew the LMDB map", extra={"map_size": new})
+
+    def used_bytes(self) -> int:
+        """Bytes of the map in use: (last page number + 1) × page size."""
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    # --- WAL ------------------------------------------------------------------------------
+
+    def _next_seq(self, txn: lmdb.Transaction) -> int:
+        cursor = txn.cursor(db=self.dbs["wal"])
+        if cursor.last():
+            return U64.unpack(cursor.key())[0] + 1
+        # Empty WAL (all trimmed): continue after the checkpointed position.
+        return self.wal_pos(txn) + 1
+
+    def append_records(self, txn: lmdb.Transaction, records: bytes) -> int:
+        """Append one group commit's framed records; the sequence number it got."""
+        seq = self._next_seq(txn)
+        txn.put(U64.pack(seq), _RECORDS_PREFIX + records, db=self.dbs["wal"], append=True)
+        return seq
+
+    def append_tick(self, txn: lmdb.Transaction, now_ms: int) -> int:
+        seq = self._next_seq(txn)
+        txn.put(U64.pack(seq), bytes([TICK]) + U64.pack(now_ms), db=self.dbs["wal"], append=True)
+        return seq
+
+    def read_wal(self, after: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
+        """WAL entries with seq > `after`, in order, as (seq, kind, payload), about `max_bytes`
+        in all (at least one entry when there is one)."""
+        entries: list[tuple[int, int, bytes]] = []
+        total = 0
+        with self.read() as txn:
+            cursor = txn.cursor(db=self.dbs["wal"])
+            if not cursor.set_range(U64.pack(after + 1)):
+                return entries
+            for key, value in cursor:
+                entries.append((U64.unpack(key)[0], value[0], value[1:]))
+                total += len(value)
+                if total >= max_bytes:
+                    break
+        return entries
+
+    def wal_head(self) -> int:
+        """The last sequence number written (0 for a new store)."""
+        with self.read() as txn:
+            cursor = txn.cursor(db=self.dbs["wal"])
+            if cursor.last():
+                return U64.unpack(cursor.key())[0]
+            return self.wal_pos(txn)
+
+    def trim_wal(self, txn: lmdb.Transaction, upto: int) -> int:
+        """Delete WAL entries with seq ≤ `upto` (they are in a committed checkpoint)."""
+        cursor = txn.cursor(db=self.dbs["wal"])
+        deleted = 0
+        cursor.first()
+        # delete() moves the cursor to the next entry; past the last one the key is empty.
+        while (key := cursor.key()) and U64.unpack(key)[0] <= upto:
+            cursor.delete()
+            deleted += 1
+        return deleted
+
+    # --- checkpoint -----------------------------------------------------------------------
+
+    def wal_pos(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(META_WAL_POS, db=self.dbs["meta"])
+        return U64.unpack(raw)[0] if raw else 0
+
+    def load_checkpoint(self) -> tuple[bytes | None, int, int]:
+        """(core state or None, WAL position it includes, sessionizer clock in ms)."""
+        with self.read() as txn:
+            meta = self.dbs["meta"]
+            state = txn.get(META_CHECKPOINT, db=meta)
+            clock = txn.get(META_CLOCK, db=meta)
+            return state, self.wal_pos(txn), U64.unpack(clock)[0] if clock else 0
+
+    def put_checkpoint(self, txn: lmdb.Transaction, state: bytes, wal_pos: int, clock: int) -> None:
+        meta = self.dbs["meta"]
+        txn.put(META_CHECKPOINT, state, db=meta)
+        txn.put(META_WAL_POS, U64.pack(wal_pos), db=meta)
+        txn.put(META_CLOCK, U64.pack(clock), db=meta)
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def put_closed(self, txn: lmdb.Transaction, session: ClosedSession) -> None:
+        """Store a closed session with its indexes and drop its live entry. Idempotent: a
+        replay that closes the same session again overwrites it (and its old index keys)."""
+        sid = session.session_id.encode()
+        dbs = self.dbs
+        old = txn.get(sid, db=dbs["sessions"])
+        if old is not None:
+            self._delete_indexes(txn, session.session_id, orjson.loads(old))
+        txn.put(sid, session.summary, db=dbs["sessions"])
+        txn.put(sid, session.detail, db=dbs["details"])
+        start = session.start_ms
+        txn.put(time_key(start, session.session_id), b"", db=dbs["by_time"])
+        txn.put(tag_key(session.app, start, session.session_id), b"", db=dbs["by_app"])
+        if session.user_tag:
+            txn.put(tag_key(session.user_tag, start, session.session_id), b"", db=dbs["by_user"])
+        txn.delete(sid, db=dbs["live"])
+
+    def _delete_indexes(self, txn: lmdb.Transaction, session_id: str, summary: dict) -> None:
+        start = summary.get("start")
+        if not isinstance(start, int):
+            return
+        dbs = self.dbs
+        txn.delete(time_key(start, session_id), db=dbs["by_time"])
+        if isinstance(summary.get("app"), str):
+            txn.delete(tag_key(summary["app"], start, session_id), db=dbs["by_app"])
+        if isinstance(summary.get("user_tag"), str):
+            txn.delete(tag_key(summary["user_tag"], start, session_id), db=dbs["by_user"])
+
+    def put_live(self, txn: lmdb.Transaction, sessions: Iterable[ClosedSession]) -> int:
+        """Publish summaries of open sessions (replacing older ones); how many."""
+        live = self.dbs["live"]
+        n = 0
+        for session in sessions:
+            txn.put(session.session_id.encode(), session.summary, db=live)
+            n += 1
+        return n
+
+    def clear_live(self, txn: lmdb.Transaction) -> None:
+        txn.drop(self.dbs["live"], delete=False)
+
+    # --- sessionizer status (read by every front's /readyz) --------------------------------
+
+    def put_sessionizer_status(self, txn: lmdb.Transaction, state: str) -> None:
+        status = {"pid": os.getpid(), "state": state, "at": int(time.time() * 1000)}
+        txn.put(META_SESSIONIZER, orjson.dumps(status), db=self.dbs["meta"])
+
+    def sessionizer_status(self) -> dict | None:
+        with self.read() as txn:
+            raw = txn.get(META_SESSIONIZER, db=self.dbs["meta"])
+        return orjson.loads(raw) if raw else None
