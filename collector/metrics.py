@@ -272,18 +272,11 @@ def _ensure_value_class() -> None:
         values.ValueClass = values.get_value_class()
 
 
-def lmdb_used_bytes(env: object) -> int:
-    """Bytes in use in an LMDB environment: (last page number + 1) × page size."""
-    info = env.info()  # type: ignore[attr-defined]
-    stat = env.stat()  # type: ignore[attr-defined]
-    return (info["last_pgno"] + 1) * stat["psize"]
-
-
 async def metrics_handler(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     store = request.app.get(STORE)
     if store is not None:
-        metrics.set_lmdb_used_bytes(lmdb_used_bytes(store.env))
+        metrics.set_lmdb_used_bytes(store.used_bytes())
     body, content_type = metrics.exposition(request.headers.get("Accept", ""))
     return web.Response(body=body, headers={"Content-Type": content_type})
 

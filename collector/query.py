@@ -35,7 +35,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from collector.appkeys import SETTINGS, STORE
-from collector.store import U64, Store
+from collector.store import U64, Store, tag_prefix
 
 # Defaults of `[api] default_limit / max_limit`.
 PAGE_DEFAULT = 50
@@ -44,7 +44,9 @@ PAGE_MAX = 1000
 # read transaction stays open (old pages cannot be reused by the writer meanwhile).
 SCAN_BUDGET = 20_000
 # session_id: first 32 hex digits of a sha256 (docs/sessionizer.md §5). Index keys whose tail
-# is not u64 + 32 bytes belong to a longer user tag that merely shares the prefix `tag\0`.
+# is not u64 + 32 bytes belong to another tag that merely shares the prefix (a tag containing
+# NUL); tags longer than the store's key limit share a truncated prefix. Both are told apart
+# by matching the summary's `user_tag` / `app`, which `SessionQuery.matches` always does.
 SESSION_ID_LEN = 32
 _SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
 _CURSOR_VERSION = b"\x01"
@@ -336,9 +338,9 @@ def _closed_streams(
     txn: lmdb.Transaction, store: Store, q: SessionQuery
 ) -> list[Iterator[Candidate]]:
     if q.users:
-        db, prefixes = store.dbs["by_user"], [u.encode() + b"\x00" for u in sorted(q.users)]
+        db, prefixes = store.dbs["by_user"], sorted({tag_prefix(u) for u in q.users})
     elif q.apps:
-        db, prefixes = store.dbs["by_app"], [a.encode() + b"\x00" for a in sorted(q.apps)]
+        db, prefixes = store.dbs["by_app"], sorted({tag_prefix(a) for a in q.apps})
     else:
         db, prefixes = store.dbs["by_time"], [b""]
     return [_index_candidates(txn, db, p, q) for p in prefixes]
@@ -351,7 +353,7 @@ def find_sessions(
 
     Blocking (LMDB reads, JSON parsing): call it in a thread.
     """
-    with store.env.begin() as txn:
+    with store.read() as txn:
         streams: list[Iterator[Candidate]] = []
         if True in q.live or not q.live:
             streams.append(iter(_live_candidates(txn, store, q)))
@@ -395,7 +397,7 @@ def get_session(store: Store, session_id: str) -> dict[str, Any] | None:
     if not _SESSION_ID_RE.fullmatch(session_id):
         return None  # also keeps arbitrary bytes away from LMDB's key size limit
     key = session_id.encode()
-    with store.env.begin() as txn:
+    with store.read() as txn:
         raw = txn.get(key, db=store.dbs["sessions"])
         if raw is not None:
             detail = txn.get(key, db=store.dbs["details"])
