@@ -1,5 +1,21 @@
 //! rumline's core: beacon parsing, sessionizing, Apdex and UX score.
 //!
 //! Pure Rust; the only file that knows PyO3 is `python.rs`, behind the `python` feature, so
-//! `cargo test` runs without libpython.
-pub fn placeholder() {}
+//! `cargo test` runs without libpython. The rules are written down in `docs/sessionizer.md`.
+pub mod apdex;
+pub mod error;
+pub mod privacy;
+pub mod settings;
+pub mod useragent;
+pub mod ux;
+pub mod beacon;
+pub mod record;
+pub mod session;
+pub mod sessionizer;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::CoreError;
+pub use sessionizer::{prepare, Output, Prepared, Request, Sessionizer};
+pub use settings::Settings;

@@ -1,0 +1,665 @@
+//! Native beacon format v1: request validation (docs §2) and event parsing (docs §3).
+//!
+//! Fields are read leniently into [`Scalar`] so a wrong type is a counted `bad_event`, never a
+//! failed request, and nothing is allocated for fields the core does not keep.
+use crate::privacy::Scrubber;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why a whole request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not valid UTF-8 JSON / NDJSON, or empty.
+    BadJson,
+    /// A beacon is not a JSON object.
+    NotObject,
+    /// `v` present and not 1.
+    BadVersion,
+    /// `app` missing or not `[A-Za-z0-9._-]{1,64}`.
+    BadApp,
+    /// `sid` missing or not 8–128 printable ASCII characters.
+    BadSid,
+    /// `events` present and not an array.
+    BadEvents,
+    /// More events in the request than allowed.
+    TooManyEvents,
+    /// An array without beacons.
+    Empty,
+    /// A WAL record that is cut short or of an unknown version.
+    BadRecord,
+}
+
+impl Rejection {
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::BadJson => "bad_json",
+            Rejection::NotObject => "not_object",
+            Rejection::BadVersion => "bad_version",
+            Rejection::BadApp => "bad_app",
+            Rejection::BadSid => "bad_sid",
+            Rejection::BadEvents => "bad_events",
+            Rejection::TooManyEvents => "too_many_events",
+            Rejection::Empty => "empty",
+            Rejection::BadRecord => "bad_record",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Rejection::BadJson => "body is not valid JSON (one object, an array or NDJSON)",
+            Rejection::NotObject => "every beacon must be a JSON object",
+            Rejection::BadVersion => "unsupported beacon version: v must be 1",
+            Rejection::BadApp => "app must match [A-Za-z0-9._-]{1,64}",
+            Rejection::BadSid => "sid must be 8-128 printable ASCII characters",
+            Rejection::BadEvents => "events must be an array",
+            Rejection::TooManyEvents => "too many events in one request",
+            Rejection::Empty => "no beacons in the request",
+            Rejection::BadRecord => "damaged WAL record",
+        }
+    }
+}
+
+/// A JSON value read leniently: what the core needs to know about a field's type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Scalar<'a> {
+    /// The key is absent.
+    #[default]
+    Missing,
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(Cow<'a, str>),
+    /// An array or object.
+    Other,
+}
+
+impl<'a> Scalar<'a> {
+    /// `Ok(None)` when absent or null, `Err` when of another type.
+    fn string(&self) -> Result<Option<&str>, ()> {
+        match self {
+            Scalar::Missing | Scalar::Null => Ok(None),
+            Scalar::Str(s) => Ok(Some(s)),
+            _ => Err(()),
+        }
+    }
+
+    fn number(&self) -> Result<Option<f64>, ()> {
+        match self {
+            Scalar::Missing | Scalar::Null => Ok(None),
+            Scalar::Num(n) => Ok(Some(*n)),
+            _ => Err(()),
+        }
+    }
+
+    /// The string if it is one, else nothing (envelope fields of a wrong type are ignored).
+    fn str_or_none(&self) -> Option<&str> {
+        self.string().ok().flatten()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Scalar<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Num(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Num(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Str(Cow::Owned(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawBeacon<'a> {
+    #[serde(default, borrow)]
+    v: Scalar<'a>,
+    #[serde(default, borrow)]
+    app: Scalar<'a>,
+    #[serde(default, borrow)]
+    sid: Scalar<'a>,
+    #[serde(default, borrow)]
+    vid: Scalar<'a>,
+    #[serde(default, borrow)]
+    sent: Scalar<'a>,
+    #[serde(default, borrow)]
+    user: Scalar<'a>,
+    #[serde(default, borrow)]
+    synthetic: Scalar<'a>,
+    #[serde(default, borrow)]
+    page: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    device: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    events: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawPage<'a> {
+    #[serde(default, borrow)]
+    url: Scalar<'a>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawDevice<'a> {
+    #[serde(default, borrow)]
+    screen: Scalar<'a>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(default, borrow, rename = "type")]
+    kind_of_event: Scalar<'a>,
+    #[serde(default, borrow)]
+    start: Scalar<'a>,
+    #[serde(default, borrow)]
+    dur: Scalar<'a>,
+    #[serde(default, borrow)]
+    name: Scalar<'a>,
+    #[serde(default, borrow)]
+    url: Scalar<'a>,
+    #[serde(default, borrow)]
+    method: Scalar<'a>,
+    #[serde(default, borrow)]
+    status: Scalar<'a>,
+    #[serde(default, borrow)]
+    traceparent: Scalar<'a>,
+    #[serde(default, borrow)]
+    kind: Scalar<'a>,
+    #[serde(default, borrow)]
+    message: Scalar<'a>,
+    #[serde(default, borrow)]
+    stack: Scalar<'a>,
+    #[serde(default, borrow)]
+    value: Scalar<'a>,
+    #[serde(default, borrow)]
+    target: Scalar<'a>,
+    #[serde(default, borrow)]
+    count: Scalar<'a>,
+    #[serde(default, borrow)]
+    user: Scalar<'a>,
+    #[serde(default, borrow)]
+    key: Scalar<'a>,
+    #[serde(default, borrow)]
+    reason: Scalar<'a>,
+    #[serde(default, borrow)]
+    timing: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    resources: Option<&'a RawValue>,
+}
+
+/// String limits, in Unicode scalar values (docs §3).
+pub mod limits {
+    pub const URL: usize = 2048;
+    pub const MESSAGE: usize = 1024;
+    pub const STACK: usize = 8192;
+    pub const USER: usize = 256;
+    pub const PROPERTY_VALUE: usize = 512;
+    pub const SHORT: usize = 256;
+    pub const KEY: usize = 64;
+    pub const RESOURCES: usize = 300;
+    pub const MAX_START: f64 = 1e13;
+    pub const MAX_DUR: f64 = 86_400_000.0;
+}
+
+pub fn truncate(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => s[..i].to_owned(),
+        None => s.to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionType {
+    /// A page load.
+    Load,
+    /// An XHR or fetch call.
+    Xhr,
+    /// A click, a route change or an action the site reported itself.
+    Custom,
+}
+
+impl ActionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionType::Load => "load",
+            ActionType::Xhr => "xhr",
+            ActionType::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// A JavaScript error or unhandled rejection.
+    Js,
+    /// A failed request.
+    Request,
+    /// An error the site reported itself (and any unknown kind).
+    Custom,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Js => "js",
+            ErrorKind::Request => "request",
+            ErrorKind::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Resource {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub initiator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub start: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dur: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub size: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ActionEvent {
+    pub kind: ActionType,
+    pub name: String,
+    pub url: Option<String>,
+    pub method: Option<String>,
+    pub dur: f64,
+    pub status: Option<u16>,
+    pub traceparent: Option<String>,
+    pub timings: Vec<(String, f64)>,
+    pub resources: Vec<Resource>,
+}
+
+/// One usable event of a beacon, with its client `start` (corrected later).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventBody {
+    Action(Box<ActionEvent>),
+    Error { kind: ErrorKind, message: Option<String>, stack: Option<String> },
+    Vital { name: String, value: f64 },
+    RageClick { target: Option<String>, count: u32 },
+    Identify(String),
+    Property(String, String),
+    End(Option<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub start: Option<f64>,
+    pub body: EventBody,
+}
+
+/// Why one event was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// A string `type` the core does not know.
+    UnknownType,
+    /// Not an object, no string `type`, or a field of the wrong type or range.
+    BadEvent,
+}
+
+impl Drop {
+    pub fn code(self) -> &'static str {
+        match self {
+            Drop::UnknownType => "unknown_type",
+            Drop::BadEvent => "bad_event",
+        }
+    }
+}
+
+/// A validated beacon: the envelope, its usable events and what was dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Beacon {
+    pub app: String,
+    pub sid: String,
+    pub vid: Option<String>,
+    pub sent: Option<f64>,
+    pub user: Option<String>,
+    pub page_url: Option<String>,
+    pub screen: Option<String>,
+    pub synthetic: bool,
+    pub events: Vec<Event>,
+    pub dropped: Vec<Drop>,
+}
+
+/// The beacons of one request, before their events are parsed.
+pub struct Envelopes<'a> {
+    raw: Vec<(RawBeacon<'a>, Vec<&'a RawValue>)>,
+}
+
+impl Envelopes<'_> {
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.raw.iter().map(|(_, e)| e.len()).sum()
+    }
+}
+
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().starts_with('{')
+}
+
+fn valid_app(app: &str) -> bool {
+    (1..=64).contains(&app.len())
+        && app.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_sid(sid: &str) -> bool {
+    (8..=128).contains(&sid.len()) && sid.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// Splits a payload into beacons and validates every envelope (docs §2): all or nothing.
+/// Returns the index of the failing beacon with the reason.
+pub fn envelopes(payload: &[u8], max_events: usize) -> Result<Envelopes<'_>, (usize, Rejection)> {
+    let mut values: Vec<&RawValue> = Vec::new();
+    let mut stream = serde_json::Deserializer::from_slice(payload).into_iter::<&RawValue>();
+    for item in stream.by_ref() {
+        match item {
+            Ok(v) => values.push(v),
+            Err(_) => return Err((values.len(), Rejection::BadJson)),
+        }
+    }
+    if values.is_empty() {
+        return Err((0, Rejection::BadJson));
+    }
+    // a single JSON array holds the beacons; anything else is one object or NDJSON
+    if values.len() == 1 && values[0].get().starts_with('[') {
+        let items: Vec<&RawValue> =
+            serde_json::from_str(values[0].get()).map_err(|_| (0, Rejection::BadJson))?;
+        if items.is_empty() {
+            return Err((0, Rejection::Empty));
+        }
+        values = items;
+    }
+    let mut raw = Vec::with_capacity(values.len());
+    let mut total_events = 0usize;
+    for (i, v) in values.into_iter().enumerate() {
+        if !is_object(v) {
+            return Err((i, Rejection::NotObject));
+        }
+        // duplicate keys are refused here (serde), so every reader sees the same beacon
+        let b: RawBeacon = serde_json::from_str(v.get()).map_err(|_| (i, Rejection::BadJson))?;
+        match &b.v {
+            Scalar::Missing | Scalar::Null => {}
+            Scalar::Num(n) if *n == 1.0 => {}
+            _ => return Err((i, Rejection::BadVersion)),
+        }
+        if !b.app.str_or_none().is_some_and(valid_app) {
+            return Err((i, Rejection::BadApp));
+        }
+        if !b.sid.str_or_none().is_some_and(valid_sid) {
+            return Err((i, Rejection::BadSid));
+        }
+        let events: Vec<&RawValue> = match b.events {
+            None => Vec::new(),
+            Some(e) if e.get() == "null" => Vec::new(),
+            Some(e) if e.get().starts_with('[') => {
+                serde_json::from_str(e.get()).map_err(|_| (i, Rejection::BadJson))?
+            }
+            Some(_) => return Err((i, Rejection::BadEvents)),
+        };
+        total_events += events.len();
+        if total_events > max_events {
+            return Err((i, Rejection::TooManyEvents));
+        }
+        raw.push((b, events));
+    }
+    Ok(Envelopes { raw })
+}
+
+fn opt_string(s: &Scalar, max: usize) -> Result<Option<String>, ()> {
+    Ok(s.string()?.map(|v| truncate(v, max)))
+}
+
+fn scrubbed(s: &Scalar, max: usize, scrub: &Scrubber) -> Result<Option<String>, ()> {
+    Ok(s.string()?.map(|v| truncate(&scrub.scrub(v), max)))
+}
+
+fn start_of(s: &Scalar) -> Result<Option<f64>, ()> {
+    match s.number()? {
+        Some(n) if !(0.0..=limits::MAX_START).contains(&n) => Err(()),
+        other => Ok(other),
+    }
+}
+
+fn integer_in(s: &Scalar, lo: f64, hi: f64) -> Result<Option<f64>, ()> {
+    match s.number()? {
+        Some(n) if n.fract() != 0.0 || n < lo || n > hi => Err(()),
+        other => Ok(other),
+    }
+}
+
+fn valid_traceparent(tp: &str) -> bool {
+    let b = tp.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let nonzero = |s: &[u8]| s.iter().any(|c| *c != b'0');
+    b.len() == 55
+        && &b[..3] == b"00-"
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[3..35])
+        && hex(&b[36..52])
+        && hex(&b[53..55])
+        && nonzero(&b[3..35])
+        && nonzero(&b[36..52])
+}
+
+fn timings(raw: Option<&RawValue>) -> Vec<(String, f64)> {
+    let Some(raw) = raw.filter(|r| is_object(r)) else { return Vec::new() };
+    let entries: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_str(raw.get());
+    let Ok(entries) = entries else { return Vec::new() };
+    entries
+        .into_iter()
+        .filter_map(|(k, v)| v.as_f64().map(|n| (truncate(&k, limits::KEY), n)))
+        .collect()
+}
+
+fn resources(raw: Option<&RawValue>, scrub: &Scrubber) -> Vec<Resource> {
+    let Some(raw) = raw.filter(|r| r.get().starts_with('[')) else { return Vec::new() };
+    let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else { return Vec::new() };
+    #[derive(Deserialize)]
+    struct RawResource<'a> {
+        #[serde(default, borrow)]
+        url: Scalar<'a>,
+        #[serde(default, borrow)]
+        initiator: Scalar<'a>,
+        #[serde(default, borrow)]
+        start: Scalar<'a>,
+        #[serde(default, borrow)]
+        dur: Scalar<'a>,
+        #[serde(default, borrow)]
+        status: Scalar<'a>,
+        #[serde(default, borrow)]
+        size: Scalar<'a>,
+    }
+    items
+        .into_iter()
+        .filter(|r| is_object(r))
+        .filter_map(|r| serde_json::from_str::<RawResource>(r.get()).ok())
+        .take(limits::RESOURCES)
+        .map(|r| Resource {
+            url: scrubbed(&r.url, limits::URL, scrub).ok().flatten(),
+            initiator: opt_string(&r.initiator, limits::KEY).ok().flatten(),
+            start: r.start.number().ok().flatten(),
+            dur: r.dur.number().ok().flatten(),
+            status: integer_in(&r.status, 0.0, 999.0).ok().flatten().map(|n| n as u16),
+            size: r.size.number().ok().flatten(),
+        })
+        .collect()
+}
+
+fn parse_event(raw: &RawValue, scrub: &Scrubber) -> Result<Event, Drop> {
+    if !is_object(raw) {
+        return Err(Drop::BadEvent);
+    }
+    let e: RawEvent = serde_json::from_str(raw.get()).map_err(|_| Drop::BadEvent)?;
+    let Scalar::Str(kind) = &e.kind_of_event else { return Err(Drop::BadEvent) };
+    let bad = |_| Drop::BadEvent;
+    let start = start_of(&e.start).map_err(bad)?;
+    let action_type = match kind.as_ref() {
+        "load" => Some(ActionType::Load),
+        "xhr" => Some(ActionType::Xhr),
+        "custom" => Some(ActionType::Custom),
+        _ => None,
+    };
+    let body = if let Some(action_type) = action_type {
+        let dur = match e.dur.number().map_err(bad)? {
+            None => 0.0,
+            Some(d) if (0.0..=limits::MAX_DUR).contains(&d) => d,
+            Some(_) => return Err(Drop::BadEvent),
+        };
+        let url = scrubbed(&e.url, limits::URL, scrub).map_err(bad)?;
+        let name = match scrubbed(&e.name, limits::URL, scrub).map_err(bad)? {
+            Some(n) => n,
+            None => url.clone().unwrap_or_else(|| action_type.as_str().to_owned()),
+        };
+        let traceparent = e.traceparent.string().map_err(bad)?.filter(|t| valid_traceparent(t)).map(str::to_owned);
+        EventBody::Action(Box::new(ActionEvent {
+            kind: action_type,
+            name,
+            url,
+            method: opt_string(&e.method, limits::SHORT).map_err(bad)?,
+            dur,
+            status: integer_in(&e.status, 0.0, 999.0).map_err(bad)?.map(|n| n as u16),
+            traceparent,
+            timings: timings(e.timing),
+            resources: resources(e.resources, scrub),
+        }))
+    } else {
+        match kind.as_ref() {
+            "error" => {
+                let kind = match e.kind.string().map_err(bad)? {
+                    Some("js") => ErrorKind::Js,
+                    Some("request") => ErrorKind::Request,
+                    _ => ErrorKind::Custom,
+                };
+                EventBody::Error {
+                    kind,
+                    message: scrubbed(&e.message, limits::MESSAGE, scrub).map_err(bad)?,
+                    stack: opt_string(&e.stack, limits::STACK).map_err(bad)?,
+                }
+            }
+            "vital" => {
+                let name = e.name.string().map_err(bad)?.ok_or(Drop::BadEvent)?;
+                let value = e.value.number().map_err(bad)?.ok_or(Drop::BadEvent)?;
+                if value < 0.0 {
+                    return Err(Drop::BadEvent);
+                }
+                EventBody::Vital { name: truncate(&name.to_uppercase(), limits::KEY), value }
+            }
+            "rage_click" => EventBody::RageClick {
+                target: opt_string(&e.target, limits::SHORT).map_err(bad)?,
+                count: integer_in(&e.count, 1.0, f64::from(u32::MAX)).map_err(bad)?.map_or(3, |n| n as u32),
+            },
+            "identify" => {
+                let user = e.user.string().map_err(bad)?.filter(|u| !u.is_empty()).ok_or(Drop::BadEvent)?;
+                EventBody::Identify(truncate(user, limits::USER))
+            }
+            "property" => {
+                let key = e.key.string().map_err(bad)?.ok_or(Drop::BadEvent)?;
+                let value = e.value.string().map_err(bad)?.ok_or(Drop::BadEvent)?;
+                if key.is_empty() || key.chars().count() > limits::KEY {
+                    return Err(Drop::BadEvent);
+                }
+                EventBody::Property(key.to_owned(), truncate(value, limits::PROPERTY_VALUE))
+            }
+            "end" => EventBody::End(opt_string(&e.reason, limits::SHORT).map_err(bad)?),
+            _ => return Err(Drop::UnknownType),
+        }
+    };
+    Ok(Event { start, body })
+}
+
+impl Envelopes<'_> {
+    /// Parses the events of every beacon (docs §3).
+    pub fn into_beacons(self, scrub: &Scrubber) -> Vec<Beacon> {
+        self.raw
+            .into_iter()
+            .map(|(b, raw_events)| {
+                let mut events = Vec::with_capacity(raw_events.len());
+                let mut dropped = Vec::new();
+                for raw in raw_events {
+                    match parse_event(raw, scrub) {
+                        Ok(e) => events.push(e),
+                        Err(d) => dropped.push(d),
+                    }
+                }
+                let page: RawPage = b
+                    .page
+                    .filter(|p| is_object(p))
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or_default();
+                let device: RawDevice = b
+                    .device
+                    .filter(|p| is_object(p))
+                    .and_then(|p| serde_json::from_str(p.get()).ok())
+                    .unwrap_or_default();
+                Beacon {
+                    app: b.app.str_or_none().unwrap_or_default().to_owned(),
+                    sid: b.sid.str_or_none().unwrap_or_default().to_owned(),
+                    vid: b.vid.str_or_none().filter(|s| !s.is_empty()).map(|s| truncate(s, limits::SHORT)),
+                    sent: b.sent.number().ok().flatten().filter(|s| *s > 0.0),
+                    user: b.user.str_or_none().filter(|s| !s.is_empty()).map(|s| truncate(s, limits::USER)),
+                    page_url: page.url.str_or_none().map(|u| truncate(&scrub.scrub(u), limits::URL)),
+                    screen: device.screen.str_or_none().filter(|s| !s.is_empty()).map(|s| truncate(s, limits::SHORT)),
+                    synthetic: b.synthetic == Scalar::Bool(true),
+                    events,
+                    dropped,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,144 @@
+//! Framed WAL records: what the fronts append and the sessionizer consumes (docs §1).
+
+/// Bit 0 of the flags: Do-Not-Track or Global Privacy Control was set (drop user tags).
+pub const FLAG_DNT: u8 = 1;
+const VERSION: u8 = 1;
+const FIXED: usize = 1 + 1 + 8 + 2;
+
+/// One request as stored in the WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub flags: u8,
+    pub recv_ms: u64,
+    pub ip: &'a str,
+    pub user_agent: &'a str,
+    pub payload: &'a [u8],
+}
+
+impl Record<'_> {
+    pub fn dnt(&self) -> bool {
+        self.flags & FLAG_DNT != 0
+    }
+}
+
+/// Appends one framed record to `out`.
+pub fn encode(out: &mut Vec<u8>, flags: u8, recv_ms: u64, ip: &str, ua: &str, payload: &[u8]) {
+    let ip = truncate_bytes(ip, u16::MAX as usize);
+    let ua = truncate_bytes(ua, u16::MAX as usize);
+    let len = FIXED + ip.len() + 2 + ua.len() + payload.len();
+    out.reserve(4 + len);
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.push(VERSION);
+    out.push(flags);
+    out.extend_from_slice(&recv_ms.to_le_bytes());
+    out.extend_from_slice(&(ip.len() as u16).to_le_bytes());
+    out.extend_from_slice(ip.as_bytes());
+    out.extend_from_slice(&(ua.len() as u16).to_le_bytes());
+    out.extend_from_slice(ua.as_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn truncate_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Iterates the records of a batch; a damaged record yields `Err` and ends the iteration
+/// (the length prefix can no longer be trusted).
+pub struct Records<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+pub fn records(batch: &[u8]) -> Records<'_> {
+    Records { rest: batch, failed: false }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Record<'a>, ()>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        let parsed = parse_one(self.rest);
+        match parsed {
+            Some((rec, used)) => {
+                self.rest = &self.rest[used..];
+                Some(Ok(rec))
+            }
+            None => {
+                self.failed = true;
+                Some(Err(()))
+            }
+        }
+    }
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if buf.len() < n {
+        return None;
+    }
+    let (head, tail) = buf.split_at(n);
+    *buf = tail;
+    Some(head)
+}
+
+fn u16_at(buf: &mut &[u8]) -> Option<usize> {
+    take(buf, 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+}
+
+fn parse_one(batch: &[u8]) -> Option<(Record<'_>, usize)> {
+    let mut buf = batch;
+    let len = take(&mut buf, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)?;
+    let mut body = take(&mut buf, len)?;
+    let head = take(&mut body, 2)?;
+    if head[0] != VERSION {
+        return None;
+    }
+    let recv = take(&mut body, 8)?;
+    let recv_ms = u64::from_le_bytes(recv.try_into().ok()?);
+    let ip_len = u16_at(&mut body)?;
+    let ip = std::str::from_utf8(take(&mut body, ip_len)?).ok()?;
+    let ua_len = u16_at(&mut body)?;
+    let user_agent = std::str::from_utf8(take(&mut body, ua_len)?).ok()?;
+    Some((Record { flags: head[1], recv_ms, ip, user_agent, payload: body }, 4 + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut out = Vec::new();
+        encode(&mut out, FLAG_DNT, 1_764_126_000_000, "203.0.113.0", "UA/1.0", b"{\"a\":1}");
+        encode(&mut out, 0, 5, "", "", b"");
+        let recs: Vec<_> = records(&out).collect();
+        assert_eq!(recs.len(), 2);
+        let r = recs[0].as_ref().unwrap();
+        assert!(r.dnt());
+        assert_eq!((r.recv_ms, r.ip, r.user_agent, r.payload), (1_764_126_000_000, "203.0.113.0", "UA/1.0", &b"{\"a\":1}"[..]));
+        assert_eq!(recs[1].as_ref().unwrap().recv_ms, 5);
+    }
+
+    #[test]
+    fn truncated_and_garbage_batches_fail_without_panic() {
+        let mut out = Vec::new();
+        encode(&mut out, 0, 7, "1.2.3.4", "ua", b"{}");
+        for cut in 0..out.len() {
+            let got: Vec<_> = records(&out[..cut]).collect();
+            assert!(got.iter().all(Result::is_err) || cut == 0, "cut {cut}");
+        }
+        let mut bad = out.clone();
+        bad[4] = 9; // version
+        assert_eq!(records(&bad).collect::<Vec<_>>(), vec![Err(())]);
+        assert_eq!(records(&[0xff; 3]).count(), 1);
+    }
+}
