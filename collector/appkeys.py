@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collector.config import Settings
     from collector.metrics import Metrics
     from collector.pipeline import Pipeline
+    from collector.ratelimit import TokenBuckets
     from collector.readiness import Readiness
     from collector.store import Store
 
@@ -24,5 +25,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # Set only on an app that ingests (a front) / that runs the sessionizer loop.
 BATCHER: web.AppKey[Batcher] = web.AppKey("batcher")
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
+# Per-client-IP token buckets of the receivers; absent when the limit is off.
+IP_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("ip_limits")
 # Why /readyz fails right now (recovering, overloaded, draining), shared by the roles.
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")

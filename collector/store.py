@@ -234,21 +234,21 @@ class Store:
         txn.put(U64.pack(seq), bytes([TICK]) + U64.pack(now_ms), db=self.dbs["wal"], append=True)
         return seq
 
-    def read_wal(self, after: int, max_bytes: int) -> list[tuple[int, int, bytes]]:
+    def read_wal(self, after: int, max_bytes: int) -> tuple[list[tuple[int, int, bytes]], bool]:
         """WAL entries with seq > `after`, in order, as (seq, kind, payload), about `max_bytes`
-        in all (at least one entry when there is one)."""
+        in all (at least one entry when there is one), and whether more entries follow."""
         entries: list[tuple[int, int, bytes]] = []
         total = 0
         with self.read() as txn:
             cursor = txn.cursor(db=self.dbs["wal"])
             if not cursor.set_range(U64.pack(after + 1)):
-                return entries
+                return entries, False
             for key, value in cursor:
+                if total >= max_bytes:
+                    return entries, True
                 entries.append((U64.unpack(key)[0], value[0], value[1:]))
                 total += len(value)
-                if total >= max_bytes:
-                    break
-        return entries
+        return entries, False
 
     def wal_head(self) -> int:
         """The last sequence number written (0 for a new store)."""

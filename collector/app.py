@@ -1,0 +1,91 @@
+"""`create_app(settings)`: the aiohttp application of one process, not yet running.
+
+Roles (`--workers N`, DESIGN "The WAL is the queue"):
+
+- `both` (`--workers 1`, the default): ingest and sessionize in one process.
+- `front`: receivers, query API, metrics, health; appends to the WAL, never sessionizes.
+- `sessionizer`: the WAL-consuming loop only; it is run without a listening socket.
+
+Resources are cleanup contexts, entered in this order and left in reverse:
+store → sessionizer loop → group-commit batcher. So at shutdown the batcher commits every
+queued request first, then the loop consumes the WAL to its end and checkpoints, then the
+LMDB environment closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from aiohttp import web
+
+from collector.appkeys import (
+    BATCHER,
+    IP_LIMITS,
+    METRICS,
+    PIPELINE,
+    READINESS,
+    SETTINGS,
+    STORE,
+)
+from collector.batcher import Batcher
+from collector.config import Settings
+from collector.health import setup_health_routes
+from collector.metrics import Metrics, setup_metrics_route
+from collector.pipeline import Pipeline
+from collector.query import setup_query_routes
+from collector.ratelimit import TokenBuckets
+from collector.readiness import Readiness
+from collector.receivers.native import setup_native_routes
+from collector.store import Store
+
+Role = Literal["both", "front", "sessionizer"]
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    store = Store(settings.data_dir, map_size=settings.map_size,
+                  max_map_size=settings.max_map_size)  # fmt: skip
+    app[STORE] = store
+    yield
+    store.close()
+
+
+async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pipeline = Pipeline(app[STORE], settings, app[METRICS], app[READINESS])
+    app[PIPELINE] = pipeline
+    pipeline.start()
+    yield
+    await pipeline.close(settings.shutdown_timeout_ms / 1000)
+
+
+async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    pipeline = app.get(PIPELINE)
+    batcher = Batcher(
+        app[STORE], app[SETTINGS], app[METRICS], app[READINESS],
+        on_commit=pipeline.notify if pipeline is not None else None,
+    )  # fmt: skip
+    app[BATCHER] = batcher
+    batcher.start()
+    yield
+    await batcher.close()
+
+
+def create_app(settings: Settings, role: Role = "both") -> web.Application:
+    app = web.Application(client_max_size=settings.max_large_body_bytes)
+    app[SETTINGS] = settings
+    app[READINESS] = Readiness()
+    app[METRICS] = Metrics(settings.metrics_apps, settings.metrics_max_apps)
+    app.cleanup_ctx.append(_store_ctx)
+    if role in ("both", "sessionizer"):
+        app.cleanup_ctx.append(_pipeline_ctx)
+    if role in ("both", "front"):
+        app.cleanup_ctx.append(_batcher_ctx)
+        if settings.rate_limit_ip > 0:
+            app[IP_LIMITS] = TokenBuckets(settings.rate_limit_ip, settings.rate_limit_ip_burst)
+        setup_health_routes(app)
+        setup_metrics_route(app)
+        setup_query_routes(app)
+        setup_native_routes(app)
+    return app

@@ -1,0 +1,156 @@
+"""Group commit: beacon requests queue up; one `_core.prepare` call and one fsync'ed LMDB write
+transaction per batch; every request's future resolves only after that commit.
+
+While a batch is being validated and committed (in a worker thread), new requests queue for
+the next batch, so under load one fsync serves many requests and the batch size adapts to the
+disk's latency by itself. The queue is bounded: when full, `submit` raises `Overloaded` and
+the front answers 503 with Retry-After (DESIGN: "a 2xx means durable", so there is nothing
+to acknowledge early).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from collector._core import prepare
+
+if TYPE_CHECKING:
+    from collector.config import Settings
+    from collector.metrics import Metrics
+    from collector.readiness import Readiness
+    from collector.store import Store
+
+log = logging.getLogger(__name__)
+
+# (recv_ms, ip, user_agent, flags, body): what `_core.prepare` takes per request.
+Request = tuple[int, str, str, int, bytes]
+Verdict = tuple[str, str] | None
+
+
+class Overloaded(Exception):
+    """The queue is full or the collector is draining: answer 503 + Retry-After."""
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class StorageError(Exception):
+    """The WAL commit failed; the request was not stored (answer 503, the client retries)."""
+
+
+class Batcher:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        metrics: Metrics,
+        readiness: Readiness,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._readiness = readiness
+        self._on_commit = on_commit
+        self._queue_max = settings.queue_max_requests
+        self._batch_max = settings.batch_max_requests
+        self._batch_max_bytes = settings.batch_max_bytes
+        self._max_events = settings.max_events
+        self._mask_ip = settings.mask_ip
+        self._requests: list[Request] = []
+        self._futures: list[asyncio.Future[Verdict]] = []
+        self._queued_bytes = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        # One thread: commits are serial anyway (one LMDB writer), and a batch formed while
+        # the previous one commits is exactly what group commit wants.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="wal-commit")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._requests)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+
+    async def close(self) -> None:
+        """Stop taking requests, commit every queued one, stop the commit thread."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(
+        self, recv_ms: int, ip: str, user_agent: str, flags: int, body: bytes
+    ) -> Verdict:
+        """Queue one request; after its batch is committed: None if accepted (durable), else
+        the core's (reason, message) verdict. Raises `Overloaded` or `StorageError`."""
+        if self._closing:
+            raise Overloaded("draining", 1)
+        if len(self._requests) >= self._queue_max:
+            self._readiness.set("overloaded")
+            raise Overloaded("overloaded", 1)
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._requests.append((recv_ms, ip, user_agent, flags, body))
+        self._futures.append(future)
+        self._queued_bytes += len(body)
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._requests:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            requests, futures = self._take_batch()
+            self._metrics.set_queue_depth(len(self._requests))
+            started = time.perf_counter()
+            try:
+                verdicts = await loop.run_in_executor(self._executor, self._commit, requests)
+            except Exception as err:  # a disk error must fail these requests, not the loop
+                log.exception("WAL commit failed", extra={"requests": len(requests)})
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(StorageError(str(err)))
+                continue
+            self._metrics.observe_batch(len(requests), time.perf_counter() - started)
+            for future, verdict in zip(futures, verdicts, strict=True):
+                if not future.done():  # the client may have gone; its beacon is stored anyway
+                    future.set_result(verdict)
+            if self._on_commit is not None:
+                self._on_commit()
+            if len(self._requests) < self._queue_max // 2:
+                self._readiness.set("overloaded", False)
+
+    def _take_batch(self) -> tuple[list[Request], list[asyncio.Future[Verdict]]]:
+        n = min(len(self._requests), self._batch_max)
+        if self._queued_bytes > self._batch_max_bytes:
+            size = 0
+            for i, request in enumerate(self._requests[:n]):
+                size += len(request[4])
+                if size > self._batch_max_bytes:
+                    n = max(i, 1)
+                    break
+        requests, self._requests = self._requests[:n], self._requests[n:]
+        futures, self._futures = self._futures[:n], self._futures[n:]
+        self._queued_bytes -= sum(len(r[4]) for r in requests)
+        return requests, futures
+
+    def _commit(self, requests: list[Request]) -> list[Verdict]:
+        """Worker thread: validate the batch in the core, then append it to the WAL (fsync)."""
+        records, verdicts, _events = prepare(requests, self._max_events, self._mask_ip)
+        if records:
+            self._store.write(lambda txn: self._store.append_records(txn, records))
+        return verdicts

@@ -1,0 +1,200 @@
+"""`rumline serve` (also `python -m collector serve`).
+
+`--workers 1` (the default) runs one process that ingests and sessionizes. `--workers N` runs
+N front processes sharing the port (SO_REUSEPORT) and one sessionizer process over the same
+LMDB environment, under this process as their supervisor: it restarts a child that dies and,
+on SIGTERM or SIGINT, stops the fronts first (they commit what they accepted) and the
+sessionizer last (it consumes the WAL to its end and checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from collector.app import Role, create_app
+from collector.appkeys import READINESS
+from collector.config import ConfigError, Settings, load_settings
+from collector.logs import setup_logging
+from collector.metrics import MULTIPROC_ENV, mark_process_dead
+
+log = logging.getLogger("collector")
+
+# aiohttp's default request-line limit is 8 KiB; `GET /beacon?d=` carries a whole beacon.
+EXTRA_LINE_BYTES = 4096
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rumline", description="Real-user-monitoring edge collector."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the collector",
+        description="Run the collector. Flags override RUMLINE_* variables, which override "
+        "the TOML file.",
+    )
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--data-dir", type=Path, help="LMDB directory (default ./rumline-data)")
+    serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument(
+        "--workers", type=int, help="front processes; with N > 1 a sessionizer process is added"
+    )
+    serve.add_argument("--log-format", choices=("text", "json"), help="log lines (default text)")
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="default info"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {
+        "host": args.host,
+        "port": args.port,
+        "data_dir": args.data_dir,
+        "workers": args.workers,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except ConfigError as err:
+        print(f"rumline: configuration error: {err}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    if settings.workers == 1:
+        return uvloop.run(serve_role(settings, "both"))
+    return supervise(settings)
+
+
+async def serve_role(settings: Settings, role: Role) -> int:
+    """Run one process's app until SIGTERM/SIGINT, then drain; the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if role == "both":
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    timeout_s = settings.shutdown_timeout_ms / 1000
+    app = create_app(settings, role)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        # In-flight requests get half the budget; the rest is for commit and checkpoint.
+        shutdown_timeout=timeout_s / 2,
+        max_line_size=settings.max_body_bytes + EXTRA_LINE_BYTES,
+    )
+    await runner.setup()
+    if role != "sessionizer":
+        site = web.TCPSite(
+            runner, settings.host, settings.port, backlog=2048,
+            reuse_port=settings.workers > 1,  # every front binds the port; the kernel spreads
+        )  # fmt: skip
+        await site.start()
+        log.info("listening", extra={"url": f"http://{settings.host}:{settings.port}",
+                                     "role": role, "data_dir": str(settings.data_dir)})  # fmt: skip
+    else:
+        log.info("sessionizer started", extra={"data_dir": str(settings.data_dir)})
+    await stop.wait()
+    log.info("draining", extra={"role": role, "timeout_s": timeout_s})
+    app[READINESS].set("draining")
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(runner.cleanup(), timeout_s)
+    except TimeoutError:
+        log.error("shutdown timed out; acknowledged beacons are in the WAL regardless")
+        return 1
+    log.info("stopped", extra={"role": role, "seconds": round(time.monotonic() - started, 3)})
+    return 0
+
+
+def _child(settings: Settings, role: Role) -> None:
+    """Entry point of a child process of `--workers N`."""
+    # Ctrl-C reaches the whole process group; the supervisor orders the shutdown instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setup_logging(settings.log_level, settings.log_format)
+    sys.exit(uvloop.run(serve_role(settings, role)))
+
+
+def supervise(settings: Settings) -> int:
+    """Run N fronts and one sessionizer; restart a child that dies; stop them in order."""
+    metrics_dir = tempfile.mkdtemp(prefix="rumline-metrics-")
+    # prometheus-client's multiprocess mode: every child writes its values under this dir
+    # and any front merges them when scraped (see metrics.py).
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    spawn = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def start(role: Role, index: int) -> BaseProcess:
+        process = spawn.Process(target=_child, args=(settings, role), name=f"{role}-{index}")
+        process.start()
+        log.info("started child", extra={"role": role, "child_pid": process.pid})
+        return process
+
+    children: dict[tuple[Role, int], BaseProcess] = {("sessionizer", 0): start("sessionizer", 0)}
+    for i in range(settings.workers):
+        children[("front", i)] = start("front", i)
+    restarts: dict[tuple[Role, int], float] = {}
+    try:
+        while not stopping:
+            time.sleep(0.1)
+            for key, process in list(children.items()):
+                if process.is_alive() or stopping:
+                    continue
+                log.error("child exited; restarting it",
+                          extra={"role": key[0], "child_pid": process.pid,
+                                 "exit_code": process.exitcode})  # fmt: skip
+                mark_process_dead(process.pid or 0)
+                # Back off when a child keeps dying (a bad disk, a corrupt store).
+                time.sleep(min(5.0, restarts.get(key, 0.0)))
+                restarts[key] = min(5.0, restarts.get(key, 0.0) * 2 or 0.1)
+                children[key] = start(*key)
+        log.info("stopping children")
+        timeout_s = settings.shutdown_timeout_ms / 1000 + 1
+        fronts = [p for (role, _), p in children.items() if role == "front"]
+        code = _stop(fronts, timeout_s)
+        code |= _stop([children[("sessionizer", 0)]], timeout_s)
+        return code
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _stop(processes: list[BaseProcess], timeout_s: float) -> int:
+    """SIGTERM the processes, wait for them (SIGKILL after `timeout_s`); 0 if all exited 0."""
+    for process in processes:
+        if process.is_alive() and process.pid:
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    code = 0
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            log.error("child did not stop in time; killing it", extra={"child_pid": process.pid})
+            process.kill()
+            process.join()
+        if process.exitcode != 0:
+            code = 1
+        mark_process_dead(process.pid or 0)
+    return code

@@ -1,0 +1,261 @@
+"""The sessionizer loop: the WAL is the queue.
+
+One loop, in one process (DESIGN "Durability contract"):
+
+1. read the WAL in order after the position consumed so far;
+2. feed the records to the core, one `Sessionizer.ingest` per run of records, and call
+   `flush(now)` where the WAL holds a tick (see store.py: ticks make replay deterministic);
+3. in one write transaction: store the closed sessions (summary, detail, indexes; their live
+   entry removed), publish changed live summaries (at least once a second), append the next
+   tick when one is due, and every `checkpoint_interval` the core's state with the WAL
+   position it includes, trimming the WAL behind it.
+
+Start-up recovery is the same loop: restore the checkpoint, then consume from its position.
+Until the WAL head seen at start is reached, `/readyz` fails with `recovering`. A closed
+session written after the last checkpoint is written again, identically, by the replay.
+
+At shutdown the loop consumes what is left in the WAL and checkpoints; open sessions stay
+open (they continue after the restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import lmdb
+
+from collector._core import IngestResult, Sessionizer
+from collector.store import RECORDS, TICK, U64
+
+if TYPE_CHECKING:
+    from collector._core import ClosedSession
+    from collector.config import Settings
+    from collector.metrics import Metrics
+    from collector.readiness import Readiness
+    from collector.store import Store
+
+log = logging.getLogger(__name__)
+
+# WAL bytes read per step: large enough that one `ingest` call amortises the crossing,
+# small enough that a step (and so a live publish or a tick) is never far away.
+READ_MAX_BYTES = 4 << 20
+# How often the WAL is polled for entries other processes appended (--workers N); in one
+# process the batcher also wakes the loop after each commit.
+POLL_S = 0.01
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class StepOutcome:
+    results: list[IngestResult] = field(default_factory=list)
+    entries: int = 0
+    more: bool = False
+    open_sessions: int = 0
+
+
+class Pipeline:
+    def __init__(
+        self, store: Store, settings: Settings, metrics: Metrics, readiness: Readiness
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._readiness = readiness
+        self._core = Sessionizer(settings.core_settings())
+        self._flush_interval_ms = settings.flush_interval_ms
+        self._checkpoint_interval_ms = settings.checkpoint_interval_ms
+        # One thread owns the core and does every step: the core is not shared.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sessionizer")
+        self._pos = 0  # last WAL seq consumed
+        self._clock = 0  # the last tick's time: the `now` of the core, replayed identically
+        self._checkpoint_pos = 0
+        self._last_checkpoint_ms = 0
+        self._last_live_ms = 0
+        self._last_tick_ms = 0
+        self._ingested_since_tick = False
+        self._recover_target = 0
+        self.recovering = True
+        self._stopping = False
+        self._abandon = False
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- asyncio shell ----------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """New WAL entries were committed by this process."""
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._readiness.set("recovering")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sessionizer")
+
+    async def close(self, timeout_s: float) -> None:
+        """Consume what is left in the WAL (within `timeout_s`), checkpoint, stop."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._abandon = True
+                log.error("sessionizer did not finish in time; the WAL keeps the rest")
+            except Exception:
+                log.exception("sessionizer loop failed")
+        self._executor.shutdown(wait=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        run = self._executor
+        started = time.monotonic()
+        await loop.run_in_executor(run, self._recover_start)
+        log.info("recovering", extra={"from_seq": self._pos, "to_seq": self._recover_target})
+        while True:
+            try:
+                outcome = await loop.run_in_executor(run, self._step, False)
+            except Exception:
+                log.exception("sessionizer step failed; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            self._observe(outcome)
+            if self._abandon:
+                return
+            if self.recovering and self._pos >= self._recover_target and not outcome.more:
+                await loop.run_in_executor(run, self._recover_done)
+                self.recovering = False
+                self._readiness.set("recovering", False)
+                log.info(
+                    "recovered",
+                    extra={
+                        "seconds": round(time.monotonic() - started, 3),
+                        "open_sessions": outcome.open_sessions,
+                    },
+                )
+            if self._stopping and not outcome.more:
+                break
+            if not outcome.more:
+                await self._sleep(POLL_S if outcome.entries == 0 else 0.0)
+        outcome = await loop.run_in_executor(run, self._step, True)
+        log.info(
+            "sessionizer stopped",
+            extra={"wal_pos": self._pos, "open_sessions": outcome.open_sessions},
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0 or self._wakeup.is_set():
+            self._wakeup.clear()
+            return
+        handle = asyncio.get_running_loop().call_later(seconds, self._wakeup.set)
+        await self._wakeup.wait()
+        handle.cancel()
+        self._wakeup.clear()
+
+    def _observe(self, outcome: StepOutcome) -> None:
+        for result in outcome.results:
+            self._metrics.observe_closed(result)
+            if result.rejected:
+                log.warning("core rejected WAL records", extra={"rejected": len(result.rejected)})
+        self._metrics.set_sessions_open(outcome.open_sessions)
+
+    # --- the loop's steps (sessionizer thread) ------------------------------------------
+
+    def _recover_start(self) -> None:
+        state, pos, clock = self._store.load_checkpoint()
+        if state is not None:
+            self._core.restore(state)
+        self._pos = self._checkpoint_pos = pos
+        self._clock = clock
+        self._recover_target = self._store.wal_head()
+        self._last_checkpoint_ms = wall_ms()
+        self._store.write(lambda txn: self._store.put_sessionizer_status(txn, "recovering"))
+
+    def _recover_done(self) -> None:
+        def publish(txn: lmdb.Transaction) -> None:
+            # Everything open after the replay is published afresh; entries of sessions that
+            # no longer exist (a replay can only differ after a core upgrade) go away.
+            self._store.clear_live(txn)
+            self._store.put_live(txn, live)
+            self._store.put_sessionizer_status(txn, "running")
+
+        live = self._core.live()
+        self._last_live_ms = wall_ms()
+        self._store.write(publish)
+
+    def _step(self, final: bool) -> StepOutcome:
+        outcome = StepOutcome()
+        entries, outcome.more = self._store.read_wal(self._pos, READ_MAX_BYTES)
+        outcome.entries = len(entries)
+        chunk: list[bytes] = []
+        for seq, kind, payload in entries:
+            if kind == RECORDS:
+                chunk.append(payload)
+            elif kind == TICK:
+                if chunk:
+                    outcome.results.append(self._ingest(chunk))
+                    chunk = []
+                self._clock = U64.unpack(payload)[0]
+                outcome.results.append(self._core.flush(self._clock))
+            else:
+                log.warning(
+                    "skipping a WAL entry of unknown kind", extra={"seq": seq, "kind": kind}
+                )
+        if chunk:
+            outcome.results.append(self._ingest(chunk))
+        if entries:
+            self._pos = entries[-1][0]
+
+        outcome.open_sessions = self._core.open_count()
+        now = wall_ms()
+        closed: list[ClosedSession] = [s for r in outcome.results for s in r.closed]
+        live_due = not self.recovering and now - self._last_live_ms >= self._flush_interval_ms
+        tick_due = (
+            not self.recovering
+            and not final
+            and not outcome.more
+            and now - self._last_tick_ms >= self._flush_interval_ms
+            and (self._ingested_since_tick or outcome.open_sessions > 0)
+        )
+        checkpoint_due = self._pos > self._checkpoint_pos and (
+            final or now - self._last_checkpoint_ms >= self._checkpoint_interval_ms
+        )
+        if not (closed or live_due or tick_due or checkpoint_due or final):
+            return outcome
+
+        live = self._core.live() if live_due else []
+        state = self._core.checkpoint() if checkpoint_due else None
+        pos, clock = self._pos, self._clock
+
+        def write(txn: lmdb.Transaction) -> None:
+            for session in closed:
+                self._store.put_closed(txn, session)
+            self._store.put_live(txn, live)
+            if tick_due:
+                self._store.append_tick(txn, now)
+            if state is not None:
+                self._store.put_checkpoint(txn, state, pos, clock)
+                self._store.trim_wal(txn, pos)
+            if final:
+                self._store.put_sessionizer_status(txn, "stopped")
+
+        self._store.write(write)
+        if live_due:
+            self._last_live_ms = now
+        if tick_due:
+            self._last_tick_ms = now
+            self._ingested_since_tick = False
+        if state is not None:
+            self._checkpoint_pos = pos
+            self._last_checkpoint_ms = now
+        return outcome
+
+    def _ingest(self, chunk: list[bytes]) -> IngestResult:
+        self._ingested_since_tick = True
+        batch = chunk[0] if len(chunk) == 1 else b"".join(chunk)
+        return self._core.ingest(batch, self._clock)

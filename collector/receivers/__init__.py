@@ -1,0 +1,149 @@
+"""Receivers: one module per wire format. What they share lives here: bounded body reading
+(with gzip), CORS, JSON errors, the request fields `_core.prepare` needs, and the path from a
+request to a durable acknowledgement through the batcher.
+
+Every rejection is a 4xx/5xx JSON error `{"error": {"code", "message"}}` whose code is also
+the `reason` label of `rumline_beacons_rejected_total`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+
+from collector.appkeys import BATCHER, SETTINGS
+from collector.batcher import Overloaded, StorageError
+
+# Headers a beacon may carry cross-origin (the preflight echoes what the browser asks for).
+CORS_ALLOW_HEADERS = "Content-Type, Content-Encoding"
+CORS_MAX_AGE = "86400"
+# Bit 0 of a WAL record's flags (docs/sessionizer.md §1): Do-Not-Track / Global Privacy Control.
+FLAG_DNT = 1
+
+
+class Rejected(Exception):
+    """A request refused before or by validation: its status, error code and message."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def cors_headers(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The CORS response headers for this request; raises `Rejected` (403) for an origin that
+    is not in a non-empty allowlist. No Origin (curl, server-to-server): no CORS headers."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return {}
+    if allowed and origin not in allowed and "*" not in allowed:
+        raise Rejected(403, "origin_not_allowed", f"origin {origin!r} is not allowed")
+    # Echo the origin (not `*`) so that credentialed requests (sendBeacon sends cookies) work.
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+
+
+def preflight(request: web.Request, methods: str) -> web.Response:
+    """Answer a CORS preflight (OPTIONS) for a receiver route."""
+    settings = request.app[SETTINGS]
+    try:
+        headers = cors_headers(request, settings.allowed_origins)
+    except Rejected as rejected:
+        return error_response(rejected.status, rejected.code, rejected.message)
+    headers["Access-Control-Allow-Methods"] = methods
+    headers["Access-Control-Allow-Headers"] = request.headers.get(
+        "Access-Control-Request-Headers", CORS_ALLOW_HEADERS
+    )
+    headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+    return web.Response(status=204, headers=headers)
+
+
+async def read_body(request: web.Request, max_body: int, max_decompressed: int) -> bytes:
+    """The request body, decompressed, within the limits; raises `Rejected` (413, 415, 400).
+
+    aiohttp inflates `Content-Encoding: gzip` / `deflate` bodies itself, chunk by chunk as they
+    are read, so a small compressed bomb never becomes a large buffer here: reading stops at
+    the decompressed cap. The compressed size is bounded by `Content-Length` up front.
+    """
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+        raise Rejected(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not gzip")
+    compressed = encoding not in ("identity", "")
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise Rejected(413, "too_large", f"body of {length} bytes is over {max_body} bytes")
+    cap = max_decompressed if compressed else max_body
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > cap:
+                what = "decompressed body" if compressed else "body"
+                raise Rejected(413, "too_large", f"{what} is over {cap} bytes")
+            chunks.append(chunk)
+    except BadHttpMessage as err:  # a broken gzip stream surfaces here
+        raise Rejected(400, "bad_encoding", f"body cannot be decoded: {err.message}") from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def client_flags(request: web.Request, respect_dnt: bool) -> int:
+    if respect_dnt and (request.headers.get("DNT") == "1" or request.headers.get("Sec-GPC") == "1"):
+        return FLAG_DNT
+    return 0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def accept(request: web.Request, receiver: str, recv_ms: int, body: bytes) -> None:
+    """Hand one validated-size body to the batcher and wait for its durable commit; raises
+    `Rejected` with the core's verdict, or for overload / storage failure (503)."""
+    batcher = request.app[BATCHER]
+    settings = request.app[SETTINGS]
+    ip = request.remote or ""
+    user_agent = request.headers.get("User-Agent", "")
+    flags = client_flags(request, settings.respect_dnt)
+    try:
+        verdict = await batcher.submit(recv_ms, ip, user_agent, flags, body)
+    except Overloaded as err:
+        raise Rejected(
+            503, err.reason, "the collector is busy; retry later",
+            {"Retry-After": str(err.retry_after_s)},
+        ) from None  # fmt: skip
+    except StorageError:
+        raise Rejected(503, "storage_error", "the beacon could not be stored; retry later",
+                       {"Retry-After": "1"}) from None  # fmt: skip
+    if verdict is not None:
+        reason, message = verdict
+        raise Rejected(400, reason, message)
+
+
+__all__ = [
+    "Rejected",
+    "accept",
+    "client_flags",
+    "cors_headers",
+    "error_response",
+    "now_ms",
+    "preflight",
+    "read_body",
+]

@@ -1,0 +1,116 @@
+"""The native beacon receiver (DESIGN.md "Native beacon format, v1").
+
+`POST /beacon`: the body is one beacon object, a JSON array of them, or NDJSON, sent as
+`text/plain` (what `navigator.sendBeacon` sends for a string: no CORS preflight),
+`application/json`, or `application/x-www-form-urlencoded` with the JSON in field `d`;
+optionally gzip-compressed. `GET /beacon?d=<urlencoded JSON>` is the image fallback.
+Success is `204`, after the beacon is in a committed WAL transaction.
+
+The JSON itself is never parsed here: the body bytes go to the core (`_core.prepare`), which
+validates them once per group-commit batch.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+from aiohttp import web
+
+from collector.appkeys import IP_LIMITS, METRICS, SETTINGS
+from collector.receivers import (
+    Rejected,
+    accept,
+    cors_headers,
+    error_response,
+    now_ms,
+    preflight,
+    read_body,
+)
+
+RECEIVER = "native"
+METHODS = "POST, GET, OPTIONS"
+# Content types whose body is the beacon JSON itself. No Content-Type at all (a Blob or
+# ArrayBuffer given to sendBeacon) is treated the same.
+RAW_TYPES = frozenset(
+    {"text/plain", "application/json", "application/x-ndjson", "application/octet-stream"}
+)
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def form_field_d(body: bytes) -> bytes:
+    """The decoded value of field `d` of a urlencoded form body. A body that is plain JSON
+    (what `curl -d '{…}'` sends under this content type) is taken as it is."""
+    for part in body.split(b"&"):
+        if part.startswith(b"d="):
+            return unquote_to_bytes(part[2:].replace(b"+", b" "))
+    if body.lstrip()[:1] in (b"{", b"["):
+        return body
+    raise Rejected(400, "missing_d", "form body has no field `d`")
+
+
+def check_rate(request: web.Request) -> None:
+    limits = request.app.get(IP_LIMITS)
+    if limits is None:
+        return
+    wait = limits.take(request.remote or "")
+    if wait:
+        retry_after = str(max(1, round(wait + 0.5)))
+        raise Rejected(429, "rate_limited", "too many beacons from this address",
+                       {"Retry-After": retry_after})  # fmt: skip
+
+
+async def beacon_post(request: web.Request) -> web.Response:
+    recv_ms = now_ms()
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    metrics.beacon_received(RECEIVER)
+    headers: dict[str, str] = {}
+    try:
+        headers = cors_headers(request, settings.allowed_origins)
+        check_rate(request)
+        body = await read_body(request, settings.max_body_bytes, settings.max_decompressed_bytes)
+        if "Content-Type" in request.headers and request.content_type not in RAW_TYPES:
+            if request.content_type != FORM_TYPE:
+                raise Rejected(415, "unsupported_media_type",
+                               f"Content-Type {request.content_type!r} is not text/plain, "
+                               f"application/json or {FORM_TYPE}")  # fmt: skip
+            body = form_field_d(body)
+        await accept(request, RECEIVER, recv_ms, body)
+    except Rejected as rejected:
+        metrics.beacon_rejected(RECEIVER, rejected.code)
+        return error_response(rejected.status, rejected.code, rejected.message,
+                              headers | rejected.headers)  # fmt: skip
+    return web.Response(status=204, headers=headers)
+
+
+async def beacon_get(request: web.Request) -> web.Response:
+    recv_ms = now_ms()
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    metrics.beacon_received(RECEIVER)
+    headers: dict[str, str] = {}
+    try:
+        headers = cors_headers(request, settings.allowed_origins)
+        check_rate(request)
+        d = request.query.get("d")
+        if d is None:
+            raise Rejected(400, "missing_d", "query has no parameter `d`")
+        body = d.encode()
+        if len(body) > settings.max_body_bytes:
+            raise Rejected(413, "too_large", f"`d` is over {settings.max_body_bytes} bytes")
+        await accept(request, RECEIVER, recv_ms, body)
+    except Rejected as rejected:
+        metrics.beacon_rejected(RECEIVER, rejected.code)
+        return error_response(rejected.status, rejected.code, rejected.message,
+                              headers | rejected.headers)  # fmt: skip
+    return web.Response(status=204, headers=headers)
+
+
+async def beacon_options(request: web.Request) -> web.Response:
+    return preflight(request, METHODS)
+
+
+def setup_native_routes(app: web.Application) -> None:
+    app.router.add_post("/beacon", beacon_post, name="beacon")
+    app.router.add_get("/beacon", beacon_get, name="beacon_get", allow_head=False)
+    app.router.add_route("OPTIONS", "/beacon", beacon_options, name="beacon_preflight")
