@@ -78,7 +78,7 @@ class ApiError(web.HTTPException):
         self.status_code = status
         super().__init__(
             headers=headers,
-            body=orjson.dumps({"error": {"code": code, "message": message}}),
+            text=orjson.dumps({"error": {"code": code, "message": message}}).decode(),
             content_type="application/json",
         )
 
@@ -347,12 +347,13 @@ def _closed_streams(
 
 
 def find_sessions(
-    store: Store, q: SessionQuery, scan_budget: int = SCAN_BUDGET
+    store: Store, q: SessionQuery, scan_budget: int | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of summaries, newest first, and the cursor of the next page (None at the end).
 
     Blocking (LMDB reads, JSON parsing): call it in a thread.
     """
+    budget = SCAN_BUDGET if scan_budget is None else scan_budget
     with store.read() as txn:
         streams: list[Iterator[Candidate]] = []
         if True in q.live or not q.live:
@@ -367,7 +368,7 @@ def find_sessions(
         examined = 0
         seen: set[str] = set()
         for start, sid, summary in merged:
-            if examined >= scan_budget and last_examined is not None:
+            if examined >= budget and last_examined is not None:
                 # Out of budget: the next page resumes below the last entry examined.
                 return page, last_examined.encode()
             examined += 1

@@ -1,0 +1,488 @@
+"""Query API contract: `/api/v1/…` over a real LMDB filled by the real core (in-process server).
+
+The end-to-end version over a real collector process is tests/test_support_scenario.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from collector import query
+from collector.appkeys import SETTINGS, STORE
+from collector.config import Settings
+from collector.query import setup_query_routes
+from collector.store import Store
+from tests.query_corpus import (
+    DANIEL,
+    DAY,
+    HOUR,
+    INCIDENT_AT,
+    LIVE_AT,
+    T0,
+    TRACE_ID,
+    TRACEPARENT,
+    Corpus,
+    Visit,
+    build_corpus,
+    load,
+)
+
+Summary = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    store = Store(Path(tmp_path_factory.mktemp("lmdb")))
+    build_corpus(store)
+    yield store
+    store.close()
+
+
+def make_app(store: Store, settings: Settings | None = None) -> web.Application:
+    app = web.Application()
+    app[STORE] = store
+    app[SETTINGS] = settings or Settings()
+    setup_query_routes(app)
+    return app
+
+
+@pytest.fixture
+async def client(store: Store) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(make_app(store))) as client:
+        yield client
+
+
+async def get(client: TestClient, path: str, **kwargs: Any) -> tuple[int, Any]:
+    response = await client.get(path, **kwargs)
+    return response.status, await response.json()
+
+
+async def all_pages(client: TestClient, path: str, params: list[tuple[str, str]],
+                    limit: int = 5) -> tuple[list[Summary], int]:  # fmt: skip
+    """Every session of a query, following next_cursor; (sessions, pages)."""
+    sessions: list[Summary] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page_params = [*params, ("limit", str(limit))]
+        if cursor:
+            page_params.append(("cursor", cursor))
+        status, body = await get(client, path, params=page_params)
+        assert status == 200, body
+        assert len(body["sessions"]) <= limit
+        sessions += body["sessions"]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return sessions, pages
+        assert pages < 1000, "paging does not end"
+
+
+def ids(sessions: list[Summary]) -> list[str]:
+    return [s["client_sid"] for s in sessions]
+
+
+def order_key(s: Summary) -> tuple[int, str]:
+    return s["start"], s["session_id"]
+
+
+@pytest.fixture
+async def everything(client: TestClient) -> list[Summary]:
+    """All sessions, closed and live, in API order (one big page)."""
+    status, body = await get(client, "/api/v1/sessions", params={"limit": "1000"})
+    assert status == 200 and body["next_cursor"] is None
+    return body["sessions"]
+
+
+# --- the support scenario -------------------------------------------------------------------
+
+
+async def test_support_query_finds_exactly_daniels_failed_checkout(client: TestClient) -> None:
+    params = [
+        ("user", DANIEL), ("has_error", "true"), ("ux", "frustrating"),
+        ("from", str(INCIDENT_AT - 30 * 60_000)),
+        ("to", datetime.fromtimestamp((INCIDENT_AT + 30 * 60_000) / 1000, UTC).isoformat()),
+    ]  # fmt: skip
+    status, body = await get(client, "/api/v1/sessions", params=params)
+    assert status == 200
+    assert ids(body["sessions"]) == ["daniel-incident-0001"]
+    assert body["next_cursor"] is None
+    found = body["sessions"][0]
+    assert found["user_tag"] == DANIEL and found["ux_score"] == "frustrating"
+    assert found["has_error"] is True and found["live"] is False
+
+    # Second call: the timeline names the failed request, its trace and its rating.
+    status, detail = await get(client, f"/api/v1/sessions/{found['session_id']}")
+    assert status == 200
+    assert detail["session_id"] == found["session_id"] and detail["ux_score"] == "frustrating"
+    timeline = detail["timeline"]
+    [checkout] = [a for a in timeline["actions"] if a["name"] == "POST /checkout"]
+    assert checkout["status"] == 500 and checkout["method"] == "POST"
+    assert checkout["traceparent"] == TRACEPARENT and checkout["trace_id"] == TRACE_ID
+    assert checkout["apdex"] == "frustrated"
+    [page_load] = [a for a in timeline["actions"] if a["type"] == "load"]
+    assert page_load["name"] == "loading of page /cart/checkout"
+    [failure] = timeline["errors"]
+    assert failure["kind"] == "request" and failure["message"] == "POST /checkout 500"
+    assert failure["action"] == checkout["index"]
+
+
+async def test_user_endpoint_equals_user_filter(client: TestClient) -> None:
+    by_path, _ = await all_pages(client, f"/api/v1/users/{quote(DANIEL)}/sessions", [])
+    by_filter, _ = await all_pages(client, "/api/v1/sessions", [("user", DANIEL)])
+    assert by_path == by_filter
+    assert set(ids(by_path)) == {
+        "daniel-incident-0001", "daniel-yesterday-01", "daniel-tolerable-01",
+        "daniel-slow-000001", "blog-reader-00001", "daniel-live-000001",
+    }  # fmt: skip
+    # The other filters still apply on the user endpoint.
+    status, body = await get(
+        client, f"/api/v1/users/{DANIEL}/sessions", params={"app": "blog"}
+    )
+    assert status == 200 and ids(body["sessions"]) == ["blog-reader-00001"]
+
+
+# --- every filter against an independent oracle ------------------------------------------------
+
+
+def has_kind(kind: str) -> Callable[[Summary], bool]:
+    return lambda s: s["errors_by_kind"][kind] > 0
+
+
+FILTERS: list[tuple[list[tuple[str, str]], Callable[[Summary], bool]]] = [
+    ([("app", "blog")], lambda s: s["app"] == "blog"),
+    ([("app", "blog"), ("app", "news")], lambda s: s["app"] in ("blog", "news")),
+    ([("user", DANIEL)], lambda s: s["user_tag"] == DANIEL),
+    ([("user", "reader1@example.com"), ("user", "maria@example.com")],
+     lambda s: s["user_tag"] in ("reader1@example.com", "maria@example.com")),
+    ([("from", str(T0 + 3 * HOUR))], lambda s: s["start"] >= T0 + 3 * HOUR),
+    ([("to", str(T0 + 2 * HOUR))], lambda s: s["start"] <= T0 + 2 * HOUR),
+    ([("from", "2025-11-26T06:05:00Z"), ("to", "2025-11-26T06:20:00+00:00")],
+     lambda s: T0 + 3 * HOUR + 5 * 60_000 <= s["start"] <= T0 + 3 * HOUR + 20 * 60_000),
+    ([("ux", "frustrating")], lambda s: s["ux_score"] == "frustrating"),
+    ([("ux", "satisfying"), ("ux", "tolerable")],
+     lambda s: s["ux_score"] in ("satisfying", "tolerable")),
+    ([("has_error", "true")], lambda s: s["has_error"]),
+    ([("has_error", "false")], lambda s: not s["has_error"]),
+    ([("error_kind", "request")], has_kind("request")),
+    ([("error_kind", "custom"), ("error_kind", "request")],
+     lambda s: has_kind("custom")(s) or has_kind("request")(s)),
+    ([("browser", "firefox")], lambda s: s["browser"]["family"] == "Firefox"),
+    ([("os", "iOS")], lambda s: s["os"]["family"] == "iOS"),
+    ([("device_type", "mobile"), ("device_type", "tablet")],
+     lambda s: s["device_type"] in ("mobile", "tablet")),
+    ([("device_type", "bot")], lambda s: s["device_type"] == "bot"),
+    ([("country", "US")], lambda s: s["country"] == "US"),
+    ([("user_type", "robot")], lambda s: s["user_type"] == "robot"),
+    ([("user_type", "synthetic"), ("user_type", "robot")],
+     lambda s: s["user_type"] in ("synthetic", "robot")),
+    ([("bounce", "true")], lambda s: s["bounce"]),
+    ([("bounce", "false")], lambda s: not s["bounce"]),
+    ([("min_duration", "3000")], lambda s: s["duration_ms"] >= 3000),
+    ([("max_duration", "1000")], lambda s: s["duration_ms"] <= 1000),
+    ([("min_duration", "1000"), ("max_duration", "2000")],
+     lambda s: 1000 <= s["duration_ms"] <= 2000),
+    ([("action", "POST /checkout")], lambda s: "POST /checkout" in s["action_names"]),
+    ([("action", "GET /api/feed"), ("action", "click on 'Like'")],
+     lambda s: bool({"GET /api/feed", "click on 'Like'"} & set(s["action_names"]))),
+    ([("live", "true")], lambda s: s["live"]),
+    ([("live", "false")], lambda s: not s["live"]),
+    # AND across filters, with the index chosen by user, by app, or by time.
+    ([("user", DANIEL), ("has_error", "true"), ("live", "false")],
+     lambda s: s["user_tag"] == DANIEL and s["has_error"] and not s["live"]),
+    ([("app", "news"), ("error_kind", "js"), ("min_duration", "2000")],
+     lambda s: s["app"] == "news" and has_kind("js")(s) and s["duration_ms"] >= 2000),
+    ([("user", DANIEL), ("app", "shop"), ("ux", "frustrating")],
+     lambda s: s["user_tag"] == DANIEL and s["app"] == "shop" and s["ux_score"] == "frustrating"),
+    ([("has_error", "true"), ("has_error", "false"), ("bounce", "1")], lambda s: s["bounce"]),
+    ([("app", ""), ("user", "")], lambda s: True),  # empty values are ignored
+]
+@pytest.mark.parametrize(("params", "oracle"), FILTERS, ids=[repr(p) for p, _ in FILTERS])
+async def test_filter_matches_oracle(
+    client: TestClient, everything: list[Summary], params: list[tuple[str, str]],
+    oracle: Callable[[Summary], bool],
+) -> None:  # fmt: skip
+    expected = [s for s in everything if oracle(s)]
+    got, _ = await all_pages(client, "/api/v1/sessions", params, limit=4)
+    assert ids(got) == ids(expected)
+
+
+def test_oracle_filters_are_not_vacuous(store: Store) -> None:
+    """Each filter value of the corpus selects some but not all sessions (else the oracle
+    test above proves little)."""
+    sessions, _ = query.find_sessions(store, query.parse_query(_md({"limit": "1000"})))
+    n = len(sessions)
+    assert n == 5 + 5 + 45 + 2
+    for params, oracle in FILTERS:
+        k = sum(map(oracle, sessions))
+        if params in ([("country", "US")], [("app", ""), ("user", "")]):
+            continue  # no geo database: nobody has a country; empty filters select all
+        assert 0 < k < n, params
+
+
+def _md(d: dict[str, str]) -> Any:
+    from multidict import MultiDict
+
+    return MultiDict(d)
+
+
+async def test_everything_is_newest_first_with_live_sessions(everything: list[Summary]) -> None:
+    keys = [order_key(s) for s in everything]
+    assert keys == sorted(keys, reverse=True)
+    live = [s for s in everything if s["live"]]
+    assert ids(live) == ["news-live-0000001", "daniel-live-000001"]
+    assert all(s["ux_score"] is None and s["end_reason"] is None for s in live)
+    assert all(s["start"] < LIVE_AT for s in live)
+
+
+# --- paging --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 50])
+async def test_paging_has_no_duplicates_or_gaps(
+    client: TestClient, everything: list[Summary], limit: int
+) -> None:
+    pages_sessions, pages = await all_pages(client, "/api/v1/sessions", [], limit=limit)
+    assert ids(pages_sessions) == ids(everything)
+    assert pages >= len(everything) // limit
+
+
+async def test_last_page_has_null_cursor(client: TestClient, everything: list[Summary]) -> None:
+    status, body = await get(client, "/api/v1/sessions", params={"limit": str(len(everything))})
+    assert status == 200 and body["next_cursor"] is None
+    status, body = await get(client, "/api/v1/sessions", params={"limit": "1"})
+    assert body["next_cursor"] is not None
+
+
+async def test_default_limit_is_50(client: TestClient) -> None:
+    status, body = await get(client, "/api/v1/sessions")
+    assert status == 200 and len(body["sessions"]) == 50 and body["next_cursor"]
+
+
+async def test_paging_is_stable_under_concurrent_inserts(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lmdb")
+    corpus = Corpus(store)
+    base = T0 + 10 * DAY
+    corpus.send(Visit(f"first-{i:03d}-xxxxxxx", at=base + i * 1000, app="news",
+                      events=[load(base + i * 1000 - 500)]) for i in range(30))  # fmt: skip
+    corpus.close_idle(base + HOUR)
+    try:
+        async with TestClient(TestServer(make_app(store))) as client:
+            status, body = await get(client, "/api/v1/sessions", params={"limit": "10"})
+            seen = ids(body["sessions"])
+            cursor = body["next_cursor"]
+            # Meanwhile sessions close that started after the first page (above the cursor)
+            # and before the oldest session (below it). Client times are trusted up to the
+            # 6 h duration limit back from the receive time.
+            later = base + 2 * HOUR
+            corpus.send([
+                *(Visit(f"newer-{i:03d}-xxxxxxx", at=later + i, app="news",
+                        events=[load(later - 1000 + i)]) for i in range(5)),
+                *(Visit(f"older-{i:03d}-xxxxxxx", at=later + 10 + i, app="news",
+                        events=[load(base - 60_000 + i)]) for i in range(5)),
+            ])  # fmt: skip
+            corpus.close_idle(base + 3 * HOUR)
+            while cursor:
+                status, body = await get(
+                    client, "/api/v1/sessions", params={"limit": "10", "cursor": cursor}
+                )
+                assert status == 200
+                seen += ids(body["sessions"])
+                cursor = body["next_cursor"]
+    finally:
+        store.close()
+    assert len(seen) == len(set(seen))
+    firsts = [s for s in seen if s.startswith("first-")]
+    assert firsts == [f"first-{i:03d}-xxxxxxx" for i in reversed(range(30))]
+    # Older sessions lie below the cursor and are found; newer ones are above it.
+    assert sorted(s for s in seen if s.startswith("older-")) == [
+        f"older-{i:03d}-xxxxxxx" for i in range(5)
+    ]
+    assert not [s for s in seen if s.startswith("newer-")]
+
+
+async def test_scan_budget_answers_short_pages_with_a_cursor(
+    client: TestClient, everything: list[Summary], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A selective filter over many sessions: pages may be short or empty, only a null cursor
+    ends the result, and the union is exactly the matching sessions."""
+    monkeypatch.setattr(query, "SCAN_BUDGET", 4)
+    oracle = [s for s in everything if s["client_sid"].startswith("daniel-")]
+    got, pages = await all_pages(
+        client, "/api/v1/sessions", [("user", DANIEL), ("app", "shop")], limit=2
+    )
+    assert ids(got) == ids(oracle)
+    got, pages = await all_pages(client, "/api/v1/sessions", [("action", "POST /checkout")])
+    assert ids(got) == ids(s for s in everything if "POST /checkout" in s["action_names"])
+    # The budget, not the limit, cut the pages: 4 closed sessions examined per page.
+    closed = [s for s in everything if not s["live"]]
+    assert pages == -(-len(closed) // 4)
+
+
+# --- detail ------------------------------------------------------------------------------------
+
+
+async def test_detail_of_every_session(client: TestClient, everything: list[Summary]) -> None:
+    for summary in everything:
+        status, detail = await get(client, f"/api/v1/sessions/{summary['session_id']}")
+        assert status == 200
+        timeline = detail.pop("timeline")
+        assert detail == summary
+        if summary["live"]:
+            assert timeline is None
+        else:
+            assert len(timeline["actions"]) == summary["action_count"]
+            assert len(timeline["errors"]) == summary["error_count"]
+
+
+async def test_detail_has_vitals_rage_clicks_properties(
+    client: TestClient, everything: list[Summary]
+) -> None:
+    by_sid = {s["client_sid"]: s for s in everything}
+    _, blog = await get(client, f"/api/v1/sessions/{by_sid['blog-reader-00001']['session_id']}")
+    assert blog["properties"] == {"plan": "gold"} == blog["timeline"]["properties"]
+    assert blog["timeline"]["user_tags"][0]["tag"] == DANIEL
+    _, tablet = await get(client, f"/api/v1/sessions/{by_sid['tablet-visitor-001']['session_id']}")
+    assert tablet["timeline"]["rage_clicks"][0]["target"] == "button#pay"
+    _, incident = await get(
+        client, f"/api/v1/sessions/{by_sid['daniel-incident-0001']['session_id']}"
+    )
+    assert incident["vitals"]["LCP"] == {"value": 4100, "rating": "poor"}
+    assert incident["timeline"]["vitals"][0]["name"] == "LCP"
+
+
+@pytest.mark.parametrize("session_id", [
+    "0" * 32, "nope", "x" * 600, "%00", "ABCDEF0123456789ABCDEF0123456789",
+])  # fmt: skip
+async def test_unknown_session_is_404_json(client: TestClient, session_id: str) -> None:
+    status, body = await get(client, f"/api/v1/sessions/{session_id}")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+async def test_unknown_api_path_is_404_json(client: TestClient) -> None:
+    status, body = await get(client, "/api/v1/nothing/here")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+# --- bad filters -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params", [
+    {"usr": DANIEL},
+    {"ux": "awful"},
+    {"has_error": "maybe"},
+    {"bounce": "2"},
+    {"live": "sometimes"},
+    {"error_kind": "network"},
+    {"device_type": "phone"},
+    {"user_type": "human"},
+    {"from": "yesterday"},
+    {"to": "2025-13-01"},
+    {"from": "-5"},
+    {"from": "99999999999999999"},
+    {"from": str(T0 + 1000), "to": str(T0)},
+    {"min_duration": "-1"},
+    {"max_duration": "1.5"},
+    {"limit": "0"},
+    {"limit": "1001"},
+    {"limit": "ten"},
+    {"cursor": "not-a-cursor"},
+    {"cursor": "AQAAAZq-jyAAZGFuaWVs"},
+])  # fmt: skip
+async def test_bad_filter_is_400(client: TestClient, params: dict[str, str]) -> None:
+    status, body = await get(client, "/api/v1/sessions", params=params)
+    assert status == 400, body
+    assert body["error"]["code"] == "bad_filter"
+    assert next(iter(params)) in body["error"]["message"] or "cursor" in body["error"]["message"]
+
+
+async def test_repeated_single_valued_parameter_is_400(client: TestClient) -> None:
+    for name, value in [("limit", "5"), ("from", str(T0)), ("cursor", "x")]:
+        status, body = await get(client, "/api/v1/sessions", params=[(name, value)] * 2)
+        assert status == 400 and name in body["error"]["message"]
+
+
+async def test_user_in_path_and_query_is_400(client: TestClient) -> None:
+    status, body = await get(client, f"/api/v1/users/{DANIEL}/sessions", params={"user": "x"})
+    assert status == 400 and body["error"]["code"] == "bad_filter"
+
+
+# --- user tags in paths ------------------------------------------------------------------------
+
+
+async def test_user_tags_with_url_special_characters(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lmdb")
+    corpus = Corpus(store)
+    tags = ["a/b@example.com", "name with spaces", "ünïcødé", "x?y#z", "plus+sign"]
+    corpus.send(Visit(f"special-{i:02d}-xxxxxxx", at=T0 + i, user=tag,
+                      events=[load(T0 + i - 100)]) for i, tag in enumerate(tags))  # fmt: skip
+    corpus.close_idle(T0 + DAY)
+    try:
+        async with TestClient(TestServer(make_app(store))) as client:
+            for tag in tags:
+                status, body = await get(client, f"/api/v1/users/{quote(tag, safe='')}/sessions")
+                assert status == 200, (tag, body)
+                assert [s["user_tag"] for s in body["sessions"]] == [tag]
+                status, body = await get(client, "/api/v1/sessions", params={"user": tag})
+                assert [s["user_tag"] for s in body["sessions"]] == [tag]
+    finally:
+        store.close()
+
+
+async def test_tag_that_prefixes_another_tag_does_not_match_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lmdb")
+    corpus = Corpus(store)
+    tags = ["ann", "ann\x00x", "anna", "an"]
+    corpus.send(Visit(f"prefix-{i:02d}-xxxxxxxx", at=T0 + i, user=tag,
+                      events=[load(T0 + i - 100)]) for i, tag in enumerate(tags))  # fmt: skip
+    corpus.close_idle(T0 + DAY)
+    try:
+        async with TestClient(TestServer(make_app(store))) as client:
+            for tag in tags:
+                status, body = await get(client, "/api/v1/sessions", params={"user": tag})
+                assert [s["user_tag"] for s in body["sessions"]] == [tag]
+    finally:
+        store.close()
+
+
+# --- bearer token ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def locked_client(store: Store) -> AsyncIterator[TestClient]:
+    app = make_app(store, Settings(api_token="s3cret-token"))
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/sessions", f"/api/v1/users/{DANIEL}/sessions", "/api/v1/sessions/" + "0" * 32,
+    "/api/v1/elsewhere",
+])  # fmt: skip
+@pytest.mark.parametrize("header", [
+    None, "Bearer wrong", "Bearer s3cret-toke", "Bearer s3cret-token2", "Basic s3cret-token",
+    "s3cret-token", "Bearer",
+])  # fmt: skip
+async def test_bad_token_is_401(locked_client: TestClient, path: str, header: str | None) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    response = await locked_client.get(path, headers=headers)
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("header", ["Bearer s3cret-token", "bearer s3cret-token"])
+async def test_good_token_is_accepted(locked_client: TestClient, header: str) -> None:
+    status, body = await get(
+        locked_client, "/api/v1/sessions", params={"user": DANIEL},
+        headers={"Authorization": header},
+    )  # fmt: skip
+    assert status == 200 and len(body["sessions"]) == 6
