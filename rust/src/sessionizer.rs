@@ -330,3 +330,447 @@ pub fn prepare(requests: &[Request], max_events: usize, mask_ip: bool) -> Prepar
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const T0: i64 = 1_764_126_000_000;
+    const MIN: i64 = 60_000;
+
+    /// A beacon builder: each test changes one thing.
+    struct B {
+        app: &'static str,
+        sid: &'static str,
+        recv: i64,
+        sent: Option<i64>,
+        dnt: bool,
+        extra: Value,
+        events: Vec<Value>,
+    }
+
+    fn beacon(recv: i64) -> B {
+        B { app: "shop", sid: "sid-0001", recv, sent: Some(recv), dnt: false, extra: json!({}), events: vec![] }
+    }
+
+    impl B {
+        fn sid(mut self, sid: &'static str) -> Self {
+            self.sid = sid;
+            self
+        }
+        fn sent(mut self, sent: Option<i64>) -> Self {
+            self.sent = sent;
+            self
+        }
+        fn dnt(mut self) -> Self {
+            self.dnt = true;
+            self
+        }
+        fn field(mut self, k: &str, v: Value) -> Self {
+            self.extra[k] = v;
+            self
+        }
+        fn ev(mut self, e: Value) -> Self {
+            self.events.push(e);
+            self
+        }
+        fn bytes(&self) -> Vec<u8> {
+            let mut b = json!({"v": 1, "app": self.app, "sid": self.sid, "events": self.events});
+            if let Some(s) = self.sent {
+                b["sent"] = json!(s);
+            }
+            for (k, v) in self.extra.as_object().unwrap() {
+                b[k] = v.clone();
+            }
+            let mut out = Vec::new();
+            let flags = if self.dnt { record::FLAG_DNT } else { 0 };
+            record::encode(&mut out, flags, self.recv as u64, "203.0.113.9", "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0.0.0 Safari/537.36", &serde_json::to_vec(&b).unwrap());
+            out
+        }
+    }
+
+    fn action(kind: &str, start: i64, dur: f64) -> Value {
+        json!({"type": kind, "name": format!("{kind} at {start}"), "start": start, "dur": dur})
+    }
+
+    fn core(settings: Value) -> Sessionizer {
+        Sessionizer::new(Settings::from_json(&settings.to_string()).unwrap()).unwrap()
+    }
+
+    fn run(s: &mut Sessionizer, beacons: &[B], now: i64) -> Output {
+        let batch: Vec<u8> = beacons.iter().flat_map(B::bytes).collect();
+        s.ingest(&batch, now)
+    }
+
+    fn summary(c: &Closed) -> Value {
+        serde_json::from_slice(&c.summary).unwrap()
+    }
+
+    fn detail(c: &Closed) -> Value {
+        serde_json::from_slice(&c.detail).unwrap()
+    }
+
+    fn only(out: &Output) -> &Closed {
+        assert_eq!(out.closed.len(), 1, "expected one closed session");
+        &out.closed[0]
+    }
+
+    #[test]
+    fn exactly_t_and_exactly_f_inside_a_session() {
+        let mut s = core(json!({}));
+        run(&mut s, &[beacon(T0).ev(action("load", T0, 3000.0)).ev(action("xhr", T0 + 1, 12000.0)).ev(action("custom", T0 + 2, 12000.5))], T0);
+        let out = s.flush(T0 + 31 * MIN);
+        let d = detail(only(&out));
+        let cats: Vec<&str> = d["actions"].as_array().unwrap().iter().map(|a| a["apdex"].as_str().unwrap()).collect();
+        assert_eq!(cats, ["satisfied", "tolerating", "frustrated"]);
+        let sm = summary(&out.closed[0]);
+        assert_eq!(sm["apdex"], json!(0.5));
+        assert_eq!(sm["ux_score"], "frustrating"); // the last action is frustrated
+    }
+
+    #[test]
+    fn zero_actions_and_one_action() {
+        let mut s = core(json!({}));
+        run(&mut s, &[beacon(T0).sid("no-actions").ev(json!({"type": "property", "key": "plan", "value": "gold"}))], T0);
+        run(&mut s, &[beacon(T0).sid("one-action").ev(action("load", T0, 100.0))], T0);
+        let out = s.flush(T0 + 30 * MIN);
+        assert_eq!(out.closed.len(), 2);
+        let by_sid = |sid: &str| out.closed.iter().map(summary).find(|v| v["client_sid"] == sid).unwrap();
+        let none = by_sid("no-actions");
+        assert_eq!((none["action_count"].as_u64(), none["apdex"].clone(), none["bounce"].clone()), (Some(0), Value::Null, json!(true)));
+        assert_eq!(none["ux_score"], "tolerable");
+        assert_eq!(none["properties"]["plan"], "gold");
+        let one = by_sid("one-action");
+        assert_eq!((one["action_count"].as_u64(), one["apdex"].clone(), one["bounce"].clone()), (Some(1), json!(1.0), json!(true)));
+        assert_eq!(one["ux_score"], "satisfying");
+    }
+
+    #[test]
+    fn exactly_200_actions_stay_and_the_201st_opens_part_2() {
+        let mut s = core(json!({}));
+        let mut b = beacon(T0);
+        for i in 0..200 {
+            b = b.ev(action("custom", T0 + i, 10.0));
+        }
+        let out = run(&mut s, &[b], T0);
+        assert!(out.closed.is_empty());
+        let out = run(&mut s, &[beacon(T0 + 1000).ev(action("custom", T0 + 1000, 10.0))], T0 + 1000);
+        let first = only(&out);
+        assert_eq!(first.end_reason, Some(EndReason::ActionLimit));
+        assert_eq!(summary(first)["action_count"], 200);
+        assert_eq!(summary(first)["part"], 1);
+        let out = s.flush(T0 + 40 * MIN);
+        let second = summary(only(&out));
+        assert_eq!((second["part"].as_u64(), second["action_count"].as_u64()), (Some(2), Some(1)));
+        assert_eq!(second["client_sid"], "sid-0001");
+    }
+
+    #[test]
+    fn an_error_at_an_action_boundary_belongs_to_that_action() {
+        let mut s = core(json!({}));
+        run(
+            &mut s,
+            &[beacon(T0 + 3000)
+                .ev(action("load", T0, 1000.0))
+                .ev(action("xhr", T0 + 2000, 500.0))
+                .ev(json!({"type": "error", "kind": "request", "message": "POST /checkout 500", "start": T0 + 2500}))
+                .ev(json!({"type": "error", "kind": "js", "message": "late", "start": T0 + 1000}))
+                .ev(json!({"type": "error", "kind": "custom", "message": "before", "start": T0 - 10}))],
+            T0 + 3000,
+        );
+        let out = s.flush(T0 + 40 * MIN);
+        let d = detail(only(&out));
+        let attached: Vec<i64> = d["errors"].as_array().unwrap().iter().map(|e| e["action"].as_i64().unwrap()).collect();
+        // end of the xhr span (inclusive) → xhr; end of the load span → load; before everything → first
+        assert_eq!(attached, [1, 0, 0]);
+        let cats: Vec<&str> = d["actions"].as_array().unwrap().iter().map(|a| a["apdex"].as_str().unwrap()).collect();
+        assert_eq!(cats, ["frustrated", "frustrated"]);
+    }
+
+    #[test]
+    fn a_beacon_after_the_timeout_closes_and_starts_a_new_session() {
+        let mut s = core(json!({"timeout_ms": 60_000}));
+        run(&mut s, &[beacon(T0).ev(action("load", T0, 100.0))], T0);
+        let out = run(&mut s, &[beacon(T0 + MIN - 1).ev(action("xhr", T0 + MIN - 1, 10.0))], T0 + MIN - 1);
+        assert!(out.closed.is_empty(), "one ms before the timeout the session stays open");
+        let out = run(&mut s, &[beacon(T0 + 2 * MIN - 1).ev(action("xhr", T0 + 2 * MIN - 1, 10.0))], T0 + 2 * MIN - 1);
+        let closed = only(&out);
+        assert_eq!(closed.end_reason, Some(EndReason::Timeout));
+        assert_eq!(summary(closed)["action_count"], 2);
+        assert_eq!(s.open_count(), 1);
+        let next = s.flush(T0 + 10 * MIN);
+        let next = summary(only(&next));
+        assert_eq!(next["part"], 1, "after a timeout the same client sid starts over");
+        assert_ne!(next["session_id"], summary(closed)["session_id"]);
+    }
+
+    #[test]
+    fn the_duration_limit_closes_and_later_beacons_open_part_2() {
+        let mut s = core(json!({"timeout_ms": 60_000, "max_duration_ms": 300_000}));
+        for i in 0..=5 {
+            let out = run(&mut s, &[beacon(T0 + i * 50_000).ev(action("xhr", T0 + i * 50_000, 10.0))], T0 + i * 50_000);
+            assert!(out.closed.is_empty());
+        }
+        let out = run(&mut s, &[beacon(T0 + 300_000).ev(action("xhr", T0 + 300_000, 10.0))], T0 + 300_000);
+        assert_eq!(only(&out).end_reason, Some(EndReason::DurationLimit));
+        let out = s.flush(T0 + 600_000);
+        assert_eq!(summary(only(&out))["part"], 2);
+        // flush alone also enforces the limit
+        run(&mut s, &[beacon(T0).sid("sid-0002")], T0);
+        for i in 1..=5 {
+            run(&mut s, &[beacon(T0 + i * 50_000).sid("sid-0002")], T0 + i * 50_000);
+        }
+        let out = s.flush(T0 + 300_000);
+        assert_eq!(only(&out).end_reason, Some(EndReason::DurationLimit));
+    }
+
+    #[test]
+    fn an_end_event_closes_and_following_events_and_beacons_open_the_next_part() {
+        let mut s = core(json!({}));
+        let out = run(
+            &mut s,
+            &[beacon(T0 + 500).ev(action("load", T0, 100.0)).ev(json!({"type": "end", "reason": "logout", "start": T0 + 200})).ev(action("custom", T0 + 300, 5.0))],
+            T0 + 500,
+        );
+        let first = only(&out);
+        assert_eq!(first.end_reason, Some(EndReason::EndEvent));
+        assert_eq!(detail(first)["end_detail"], "logout");
+        assert_eq!(summary(first)["end"], T0 + 200);
+        let out = run(&mut s, &[beacon(T0 + 1000).ev(json!({"type": "end"}))], T0 + 1000);
+        let second = summary(only(&out));
+        assert_eq!((second["part"].as_u64(), second["action_count"].as_u64()), (Some(2), Some(1)));
+        run(&mut s, &[beacon(T0 + 2000).ev(action("custom", T0 + 2000, 5.0))], T0 + 2000);
+        let third = s.flush(T0 + 40 * MIN);
+        assert_eq!(summary(only(&third))["part"], 3);
+    }
+
+    #[test]
+    fn skewed_client_clocks_are_corrected_by_sent() {
+        let mut s = core(json!({}));
+        // the client clock is 1 hour behind: sent says T0 - 1h, the server received at T0
+        let skew = 60 * MIN;
+        run(&mut s, &[beacon(T0).sent(Some(T0 - skew)).ev(action("load", T0 - skew - 5000, 4000.0))], T0);
+        // no `sent`: the latest event is assumed sent at receive time
+        run(&mut s, &[beacon(T0).sid("sid-0002").sent(None).ev(action("load", 1000, 10.0)).ev(action("xhr", 3000, 10.0))], T0);
+        // a client clock in the future is clamped to the receive time
+        run(&mut s, &[beacon(T0).sid("sid-0003").sent(Some(T0 - skew)).ev(action("load", T0 + skew, 10.0))], T0);
+        let out = s.flush(T0 + 40 * MIN);
+        let by_sid = |sid: &str| out.closed.iter().map(summary).find(|v| v["client_sid"] == sid).unwrap();
+        assert_eq!(by_sid("sid-0001")["start"], T0 - 5000);
+        assert_eq!(by_sid("sid-0002")["start"], T0 - 2000);
+        assert_eq!(by_sid("sid-0003")["start"], T0);
+    }
+
+    #[test]
+    fn a_session_is_never_closed_on_the_client_clock() {
+        let mut s = core(json!({"timeout_ms": 60_000}));
+        // event times two hours old, but the beacons arrive 10 s apart: one session
+        run(&mut s, &[beacon(T0).sent(Some(T0 - 120 * MIN)).ev(action("load", T0 - 120 * MIN, 10.0))], T0);
+        let out = run(&mut s, &[beacon(T0 + 10_000).sent(Some(T0 - 100 * MIN)).ev(action("xhr", T0 - 100 * MIN, 10.0))], T0 + 10_000);
+        assert!(out.closed.is_empty());
+        assert_eq!(s.flush(T0 + 30_000).closed.len(), 0);
+        assert_eq!(s.open_count(), 1);
+    }
+
+    #[test]
+    fn unknown_and_bad_events_are_counted_and_dropped() {
+        let mut s = core(json!({}));
+        let out = run(
+            &mut s,
+            &[beacon(T0)
+                .ev(json!({"type": "hologram"}))
+                .ev(json!({"type": "load", "dur": -5}))
+                .ev(json!({"type": "xhr", "status": "500"}))
+                .ev(json!(42))
+                .ev(json!({"no": "type"}))
+                .ev(action("load", T0, 10.0))],
+            T0,
+        );
+        assert_eq!(out.dropped.get("unknown_type"), Some(&1));
+        assert_eq!(out.dropped.get("bad_event"), Some(&4));
+        assert_eq!(out.events, 1);
+        let closed = s.flush(T0 + 40 * MIN);
+        assert_eq!(summary(only(&closed))["action_count"], 1);
+    }
+
+    #[test]
+    fn malformed_bytes_are_rejected_per_record() {
+        let mut s = core(json!({}));
+        let mut batch = Vec::new();
+        record::encode(&mut batch, 0, T0 as u64, "", "", b"{not json");
+        record::encode(&mut batch, 0, T0 as u64, "", "", br#"{"app": "bad app!", "sid": "sid-0001"}"#);
+        record::encode(&mut batch, 0, T0 as u64, "", "", br#"{"app": "shop", "sid": "short"}"#);
+        record::encode(&mut batch, 0, T0 as u64, "", "", br#"{"app": "shop", "sid": "sid-0001", "v": 2}"#);
+        record::encode(&mut batch, 0, T0 as u64, "", "", br#"{"app": "shop", "sid": "sid-0001", "events": {}}"#);
+        record::encode(&mut batch, 0, T0 as u64, "", "", br#"[{"app": "shop", "sid": "sid-0001"}, 7]"#);
+        record::encode(&mut batch, 0, T0 as u64, "", "", b"\xff\xfe");
+        record::encode(&mut batch, 0, T0 as u64, "", "", br#"{"app": "shop", "sid": "sid-0001"}"#);
+        batch.extend_from_slice(&[9, 0, 0, 0, 1]);
+        let out = s.ingest(&batch, T0);
+        let reasons: Vec<&str> = out.rejected.iter().map(|r| r.2).collect();
+        assert_eq!(reasons, ["bad_json", "bad_app", "bad_sid", "bad_version", "bad_events", "not_object", "bad_json", "bad_record"]);
+        assert_eq!(out.rejected[5], (5, 1, "not_object"));
+        assert_eq!(out.beacons, 1);
+        assert_eq!(s.open_count(), 1);
+    }
+
+    #[test]
+    fn array_object_and_ndjson_payloads() {
+        let reqs = [
+            br#"{"app":"shop","sid":"sid-0001"}"#.as_slice(),
+            br#"[{"app":"shop","sid":"sid-0001"},{"app":"shop","sid":"sid-0002"}]"#.as_slice(),
+            b"{\"app\":\"shop\",\"sid\":\"sid-0001\"}\n\n{\"app\":\"blog\",\"sid\":\"sid-0009\"}\n".as_slice(),
+            b"[]".as_slice(),
+            b"   ".as_slice(),
+        ];
+        let requests: Vec<Request> = reqs.iter().map(|b| Request { recv_ms: T0 as u64, ip: "10.0.0.1", user_agent: "", flags: 0, body: b }).collect();
+        let p = prepare(&requests, 500, true);
+        assert_eq!(p.verdicts, [None, None, None, Some(Rejection::Empty), Some(Rejection::BadJson)]);
+        let mut s = core(json!({}));
+        let out = s.ingest(&p.wal, T0);
+        assert_eq!(out.beacons, 5);
+        assert_eq!(s.open_count(), 3);
+    }
+
+    #[test]
+    fn too_many_events_are_refused_before_the_wal() {
+        let events: Vec<Value> = (0..3).map(|i| action("custom", T0 + i, 1.0)).collect();
+        let body = serde_json::to_vec(&json!([{"app": "shop", "sid": "sid-0001", "events": events}, {"app": "shop", "sid": "sid-0001", "events": events}])).unwrap();
+        let req = [Request { recv_ms: 1, ip: "", user_agent: "", flags: 0, body: &body }];
+        assert_eq!(prepare(&req, 5, true).verdicts, [Some(Rejection::TooManyEvents)]);
+        assert_eq!(prepare(&req, 6, true).verdicts, [None]);
+        assert!(prepare(&req, 5, true).wal.is_empty());
+    }
+
+    #[test]
+    fn the_ip_is_masked_before_the_wal() {
+        let body = br#"{"app":"shop","sid":"sid-0001"}"#;
+        let p = prepare(&[Request { recv_ms: 1, ip: "198.51.100.77", user_agent: "", flags: 0, body }], 500, true);
+        let rec = record::records(&p.wal).next().unwrap().unwrap();
+        assert_eq!(rec.ip, "198.51.100.0");
+    }
+
+    #[test]
+    fn identify_last_wins_and_dnt_drops_the_tag() {
+        let mut s = core(json!({}));
+        run(
+            &mut s,
+            &[
+                beacon(T0).field("user", json!("first@example.com")).ev(json!({"type": "identify", "user": "daniel.adams@example.com"})),
+                beacon(T0 + 10).sid("sid-0002").dnt().field("user", json!("secret@example.com")).ev(json!({"type": "identify", "user": "x"})),
+            ],
+            T0,
+        );
+        let out = s.flush(T0 + 40 * MIN);
+        let by_sid = |sid: &str| out.closed.iter().find(|c| summary(c)["client_sid"] == sid).unwrap();
+        let tagged = by_sid("sid-0001");
+        assert_eq!(tagged.user_tag.as_deref(), Some("daniel.adams@example.com"));
+        assert_eq!(detail(tagged)["user_tags"].as_array().unwrap().len(), 2);
+        assert_eq!(by_sid("sid-0002").user_tag, None);
+    }
+
+    #[test]
+    fn the_support_scenario_summary_and_timeline() {
+        let mut s = core(json!({}));
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let b = beacon(T0 + 20_000)
+            .sent(Some(T0 + 20_000))
+            .field("user", json!("daniel.adams@example.com"))
+            .field("page", json!({"url": "https://shop.example.com/cart/checkout"}))
+            .field("device", json!({"screen": "1920x1080"}))
+            .ev(json!({"type": "load", "name": "loading of page /cart/checkout", "url": "https://shop.example.com/cart/checkout", "start": T0, "dur": 4200, "timing": {"ttfb": 310, "bogus": "x"}, "resources": [{"url": "https://shop.example.com/api/cart", "initiator": "fetch", "start": 120, "dur": 300, "status": 200}]}))
+            .ev(json!({"type": "xhr", "name": "POST /checkout", "url": "https://shop.example.com/checkout", "method": "POST", "status": 500, "start": T0 + 5000, "dur": 812, "traceparent": tp}))
+            .ev(json!({"type": "error", "kind": "request", "message": "POST /checkout 500", "start": T0 + 5812}))
+            .ev(json!({"type": "vital", "name": "lcp", "value": 4100, "start": T0 + 4100}))
+            .ev(json!({"type": "rage_click", "target": "button#pay", "count": 4, "start": T0 + 7000}))
+            .ev(json!({"type": "end", "reason": "logout", "start": T0 + 20_000}));
+        let out = run(&mut s, &[b], T0 + 20_000);
+        let c = only(&out);
+        let sm = summary(c);
+        assert_eq!(sm["ux_score"], "frustrating");
+        assert_eq!(sm["has_error"], true);
+        assert_eq!(sm["errors_by_kind"]["request"], 1);
+        assert_eq!(sm["vitals"]["LCP"], json!({"value": 4100.0, "rating": "poor"}));
+        assert_eq!(sm["entry_page"], "https://shop.example.com/cart/checkout");
+        assert_eq!(sm["duration_ms"], 20_000);
+        assert_eq!(sm["ip"], "203.0.113.0");
+        assert_eq!(sm["screen"], "1920x1080");
+        assert_eq!(sm["browser"]["family"], "Chrome");
+        let d = detail(c);
+        let xhr = &d["actions"][1];
+        assert_eq!((xhr["status"].as_u64(), xhr["apdex"].as_str()), (Some(500), Some("frustrated")));
+        assert_eq!(xhr["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(d["actions"][0]["apdex"], "tolerating");
+        assert_eq!(d["actions"][0]["timings"], json!({"ttfb": 310.0}));
+        assert_eq!(d["actions"][0]["resources"][0]["status"], 200);
+        assert_eq!(d["errors"][0]["action"], 1);
+        assert_eq!(out.metrics.actions.get(&("shop".to_owned(), "xhr", "frustrated")), Some(&1));
+        assert_eq!(out.metrics.errors.get(&("shop".to_owned(), "request")), Some(&1));
+    }
+
+    #[test]
+    fn key_user_action_thresholds_override_the_type() {
+        let mut s = core(json!({"key_actions": {"shop": {"POST /checkout": {"t": 500, "f": 2000}}}}));
+        run(&mut s, &[beacon(T0).ev(json!({"type": "xhr", "name": "POST /checkout", "start": T0, "dur": 800})).ev(json!({"type": "xhr", "name": "GET /cart", "start": T0 + 1, "dur": 800}))], T0);
+        let out = s.flush(T0 + 40 * MIN);
+        let d = detail(only(&out));
+        assert_eq!(d["actions"][0]["apdex"], "tolerating");
+        assert_eq!(d["actions"][1]["apdex"], "satisfied");
+    }
+
+    #[test]
+    fn pii_is_scrubbed_from_urls_names_and_messages() {
+        let mut s = core(json!({}));
+        run(
+            &mut s,
+            &[beacon(T0)
+                .field("page", json!({"url": "https://shop.example.com/u/daniel.adams@example.com"}))
+                .ev(json!({"type": "xhr", "name": "GET /orders/4111111111111111", "url": "https://x/?card=4111-1111-1111-1111", "start": T0}))
+                .ev(json!({"type": "error", "kind": "js", "message": "no user jane@example.org", "start": T0}))],
+            T0,
+        );
+        let out = s.flush(T0 + 40 * MIN);
+        let text = String::from_utf8(out.closed[0].summary.clone()).unwrap() + &String::from_utf8(out.closed[0].detail.clone()).unwrap();
+        assert!(!text.contains("example.com/u/daniel") && !text.contains("4111") && !text.contains("jane@"), "{text}");
+        assert!(text.contains("/u/<masked>"));
+    }
+
+    #[test]
+    fn checkpoint_restore_continue_equals_an_uninterrupted_run() {
+        let settings = json!({"timeout_ms": 60_000});
+        let stream: Vec<B> = (0..40)
+            .map(|i| {
+                let sid = ["sid-000a", "sid-000b", "sid-000c"][i % 3];
+                beacon(T0 + i as i64 * 7000).sid(sid).ev(action("xhr", T0 + i as i64 * 7000, 100.0 * i as f64))
+            })
+            .collect();
+        let mut straight = core(settings.clone());
+        let mut a = run(&mut straight, &stream, T0 + 40 * 7000).closed;
+        a.extend(straight.flush(T0 + 100 * MIN).closed);
+
+        let mut first = core(settings.clone());
+        let mut b = run(&mut first, &stream[..17], T0 + 16 * 7000).closed;
+        let state = first.checkpoint();
+        let mut second = core(settings);
+        second.restore(&state).unwrap();
+        b.extend(run(&mut second, &stream[17..], T0 + 40 * 7000).closed);
+        b.extend(second.flush(T0 + 100 * MIN).closed);
+        let ids = |v: &[Closed]| v.iter().map(|c| (c.session_id.clone(), c.summary.clone(), c.detail.clone())).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b));
+        assert!(core(json!({})).restore(b"garbage").is_err());
+    }
+
+    #[test]
+    fn live_sessions_have_no_ux_score_and_only_changed_ones_are_published() {
+        let mut s = core(json!({}));
+        run(&mut s, &[beacon(T0).ev(action("load", T0, 10.0)), beacon(T0).sid("sid-0002")], T0);
+        let live = s.live();
+        assert_eq!(live.len(), 2);
+        let sm = summary(&live[0]);
+        assert_eq!((sm["live"].clone(), sm["ux_score"].clone(), sm["end_reason"].clone()), (json!(true), Value::Null, Value::Null));
+        assert!(s.live().is_empty());
+        run(&mut s, &[beacon(T0 + 5).sid("sid-0002")], T0 + 5);
+        assert_eq!(s.live().len(), 1);
+    }
+}
