@@ -73,7 +73,15 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, role: Role = "both") -> web.Application:
-    app = web.Application(client_max_size=settings.max_large_body_bytes)
+    app = web.Application(
+        client_max_size=settings.max_large_body_bytes,
+        handler_args={
+            # Receivers inflate gzip themselves, so that a size cap applies before and after.
+            "auto_decompress": False,
+            # aiohttp's request-line limit is 8 KiB; `GET /beacon?d=` carries a whole beacon.
+            "max_line_size": settings.max_body_bytes + 4096,
+        },
+    )
     app[SETTINGS] = settings
     app[READINESS] = Readiness()
     app[METRICS] = Metrics(settings.metrics_apps, settings.metrics_max_apps)

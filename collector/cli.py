@@ -33,8 +33,8 @@ from collector.metrics import MULTIPROC_ENV, mark_process_dead
 
 log = logging.getLogger("collector")
 
-# aiohttp's default request-line limit is 8 KiB; `GET /beacon?d=` carries a whole beacon.
-EXTRA_LINE_BYTES = 4096
+# How the supervisor of `--workers N` tells a child to drain and exit.
+CHILD_STOP_SIGNAL = signal.SIGUSR2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,12 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     return supervise(settings)
 
 
-async def serve_role(settings: Settings, role: Role) -> int:
-    """Run one process's app until SIGTERM/SIGINT, then drain; the exit code."""
+async def serve_role(settings: Settings, role: Role, child: bool = False) -> int:
+    """Run one process's app until told to stop, then drain; the exit code.
+
+    A single process stops on SIGTERM or SIGINT. A child of `--workers N` stops on
+    `CHILD_STOP_SIGNAL` from its supervisor, or by itself when the supervisor is gone; it
+    ignores SIGTERM/SIGINT, which a service manager may send to the whole process group at
+    once, so that the supervisor alone orders the shutdown (fronts first, sessionizer last).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    if role == "both":
+    if child:
+        loop.add_signal_handler(CHILD_STOP_SIGNAL, stop.set)
+        loop.create_task(_stop_when_orphaned(stop), name="orphan-watch")
+    else:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
     timeout_s = settings.shutdown_timeout_ms / 1000
     app = create_app(settings, role)
@@ -97,7 +106,6 @@ async def serve_role(settings: Settings, role: Role) -> int:
         access_log=None,
         # In-flight requests get half the budget; the rest is for commit and checkpoint.
         shutdown_timeout=timeout_s / 2,
-        max_line_size=settings.max_body_bytes + EXTRA_LINE_BYTES,
     )
     await runner.setup()
     if role != "sessionizer":
@@ -123,12 +131,20 @@ async def serve_role(settings: Settings, role: Role) -> int:
     return 0
 
 
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(0.5)
+    log.error("supervisor is gone; stopping")
+    stop.set()
+
+
 def _child(settings: Settings, role: Role) -> None:
     """Entry point of a child process of `--workers N`."""
-    # Ctrl-C reaches the whole process group; the supervisor orders the shutdown instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging(settings.log_level, settings.log_format)
-    sys.exit(uvloop.run(serve_role(settings, role)))
+    sys.exit(uvloop.run(serve_role(settings, role, child=True)))
 
 
 def supervise(settings: Settings) -> int:
@@ -182,10 +198,10 @@ def supervise(settings: Settings) -> int:
 
 
 def _stop(processes: list[BaseProcess], timeout_s: float) -> int:
-    """SIGTERM the processes, wait for them (SIGKILL after `timeout_s`); 0 if all exited 0."""
+    """Tell the processes to stop, wait for them (SIGKILL after `timeout_s`); 0 if all exit 0."""
     for process in processes:
         if process.is_alive() and process.pid:
-            os.kill(process.pid, signal.SIGTERM)
+            os.kill(process.pid, CHILD_STOP_SIGNAL)
     deadline = time.monotonic() + timeout_s
     code = 0
     for process in processes:

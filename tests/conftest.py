@@ -140,11 +140,9 @@ class StartServer(Protocol):
     ) -> ServerProcess: ...
 
 
-@pytest.fixture
-def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
-    """Builder of collector processes; every process it started is killed at teardown."""
-    started: list[ServerProcess] = []
-
+def _launcher(
+    tmp_path_factory: pytest.TempPathFactory, started: list[ServerProcess]
+) -> StartServer:
     def start(
         *,
         env: Mapping[str, str] | None = None,
@@ -185,7 +183,14 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServ
             server.wait_ready()
         return server
 
-    yield start
+    return start
+
+
+@pytest.fixture
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """Builder of collector processes; every process it started is killed at teardown."""
+    started: list[ServerProcess] = []
+    yield _launcher(tmp_path_factory, started)
     for server in started:
         server.kill()
 
@@ -194,3 +199,12 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServ
 def server(start_server: StartServer) -> ServerProcess:
     """One collector (`--workers 1`, session timeout 2s) ready to serve."""
     return start_server()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One default collector for a whole test module (tests keep apart by app name)."""
+    started: list[ServerProcess] = []
+    yield _launcher(tmp_path_factory, started)()
+    for server in started:
+        server.kill()

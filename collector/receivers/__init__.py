@@ -9,12 +9,12 @@ the `reason` label of `rumline_beacons_rejected_total`.
 from __future__ import annotations
 
 import time
+import zlib
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage
 
-from collector.appkeys import BATCHER, SETTINGS
+from collector.appkeys import BATCHER, METRICS, SETTINGS
 from collector.batcher import Overloaded, StorageError
 
 # Headers a beacon may carry cross-origin (the preflight echoes what the browser asks for).
@@ -60,12 +60,13 @@ def cors_headers(request: web.Request, allowed: tuple[str, ...]) -> dict[str, st
     }
 
 
-def preflight(request: web.Request, methods: str) -> web.Response:
+def preflight(request: web.Request, receiver: str, methods: str) -> web.Response:
     """Answer a CORS preflight (OPTIONS) for a receiver route."""
     settings = request.app[SETTINGS]
     try:
         headers = cors_headers(request, settings.allowed_origins)
     except Rejected as rejected:
+        request.app[METRICS].beacon_rejected(receiver, rejected.code)
         return error_response(rejected.status, rejected.code, rejected.message)
     headers["Access-Control-Allow-Methods"] = methods
     headers["Access-Control-Allow-Headers"] = request.headers.get(
@@ -78,30 +79,41 @@ def preflight(request: web.Request, methods: str) -> web.Response:
 async def read_body(request: web.Request, max_body: int, max_decompressed: int) -> bytes:
     """The request body, decompressed, within the limits; raises `Rejected` (413, 415, 400).
 
-    aiohttp inflates `Content-Encoding: gzip` / `deflate` bodies itself, chunk by chunk as they
-    are read, so a small compressed bomb never becomes a large buffer here: reading stops at
-    the decompressed cap. The compressed size is bounded by `Content-Length` up front.
+    The app turns aiohttp's own inflating off (`create_app`), so the `max_body` cap applies
+    to the bytes on the wire and inflating stops at `max_decompressed`: a small gzip bomb
+    never becomes a large buffer.
     """
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "", "gzip", "x-gzip", "deflate"):
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
         raise Rejected(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not gzip")
-    compressed = encoding not in ("identity", "")
     length = request.content_length
     if length is not None and length > max_body:
         raise Rejected(413, "too_large", f"body of {length} bytes is over {max_body} bytes")
-    cap = max_decompressed if compressed else max_body
     chunks: list[bytes] = []
     size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > max_body:
+            raise Rejected(413, "too_large", f"body is over {max_body} bytes")
+        chunks.append(chunk)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if encoding in ("", "identity"):
+        return body
+    return inflate(body, max_decompressed)
+
+
+def inflate(body: bytes, limit: int) -> bytes:
+    """gzip or zlib data, at most `limit` bytes of it."""
+    inflater = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # 32: gzip or zlib header
     try:
-        while chunk := await request.content.readany():
-            size += len(chunk)
-            if size > cap:
-                what = "decompressed body" if compressed else "body"
-                raise Rejected(413, "too_large", f"{what} is over {cap} bytes")
-            chunks.append(chunk)
-    except BadHttpMessage as err:  # a broken gzip stream surfaces here
-        raise Rejected(400, "bad_encoding", f"body cannot be decoded: {err.message}") from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as err:
+        raise Rejected(400, "bad_encoding", f"body is not valid gzip: {err}") from None
+    if len(data) > limit:
+        raise Rejected(413, "too_large", f"decompressed body is over {limit} bytes")
+    if not inflater.eof:
+        raise Rejected(400, "bad_encoding", "gzip body is truncated")
+    return data
 
 
 def client_flags(request: web.Request, respect_dnt: bool) -> int:

@@ -107,7 +107,7 @@ async def beacon_get(request: web.Request) -> web.Response:
 
 
 async def beacon_options(request: web.Request) -> web.Response:
-    return preflight(request, METHODS)
+    return preflight(request, RECEIVER, METHODS)
 
 
 def setup_native_routes(app: web.Application) -> None:
