@@ -215,6 +215,9 @@ def test_real_process_answers_as_documented(start_server: StartServer) -> None:
     check("GET", "/beacon", "/beacon?" + urlencode({"d": ok.decode()}), 204)
     check("POST", "/beacon", "/beacon", 400, b"{not json", {"Content-Type": "text/plain"})
     check("POST", "/beacon", "/beacon", 400, orjson.dumps({"app": "shop", "sid": "x"}))
+    check("OPTIONS", "/beacon", "/beacon", 204, headers={
+        "Origin": "https://shop.example.com", "Access-Control-Request-Method": "POST",
+    })  # fmt: skip
     check("GET", "/healthz", "/healthz", 200)
     check("GET", "/readyz", "/readyz", 200)
     metrics = check("GET", "/metrics", "/metrics", 200)
