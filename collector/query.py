@@ -323,7 +323,6 @@ def _live_candidates(txn: lmdb.Transaction, store: Store, q: SessionQuery) -> li
         if txn.get(key, db=sessions_db) is not None:
             continue  # closed meanwhile: its closed copy is in the index
         summary = orjson.loads(raw)
-        summary["live"] = True
         sid = key.decode()
         start = summary.get("start") or 0
         if q.after is not None and (start, sid) >= (q.after.start, q.after.session_id):
@@ -392,26 +391,33 @@ def find_sessions(
     return page, None
 
 
-def get_session(store: Store, session_id: str) -> dict[str, Any] | None:
-    """Summary + `timeline` (the detail) of a closed session, or the summary of an open one
-    with `timeline: null` (the core builds the detail when the session closes)."""
+def get_session(store: Store, session_id: str) -> bytes | None:
+    """JSON of a session's summary plus `timeline` (its detail); an open session has
+    `timeline: null` (the store keeps only the summaries of open sessions).
+
+    The stored JSON is spliced, not parsed: a detail can be megabytes (200 actions with 300
+    resources each), and this runs on the event loop.
+    """
     if not _SESSION_ID_RE.fullmatch(session_id):
         return None  # also keeps arbitrary bytes away from LMDB's key size limit
     key = session_id.encode()
     with store.read() as txn:
-        raw = txn.get(key, db=store.dbs["sessions"])
-        if raw is not None:
-            detail = txn.get(key, db=store.dbs["details"])
-            session = orjson.loads(raw)
-            session["timeline"] = orjson.loads(detail) if detail else None
-            return session
-        raw = txn.get(key, db=store.dbs["live"])
-        if raw is None:
+        summary = txn.get(key, db=store.dbs["sessions"])
+        if summary is not None:
+            timeline = txn.get(key, db=store.dbs["details"]) or b"null"
+        else:
+            summary = txn.get(key, db=store.dbs["live"])
+            timeline = b"null"
+        if summary is None:
             return None
-        session = orjson.loads(raw)
-        session["live"] = True
-        session["timeline"] = None
-        return session
+        return _with_field(summary, b"timeline", timeline)
+
+
+def _with_field(obj: bytes, name: bytes, value: bytes) -> bytes:
+    """`{…}` + `"name": value` → `{…, "name": value}` (obj: a non-empty JSON object)."""
+    body = obj.rstrip()
+    assert body.endswith(b"}"), "a stored summary is a JSON object"
+    return body[:-1] + b',"' + name + b'":' + value + b"}"
 
 
 # --- HTTP --------------------------------------------------------------------------------
@@ -469,7 +475,7 @@ async def session_detail(request: web.Request) -> web.Response:
     session = get_session(request.app[STORE], session_id)
     if session is None:
         raise ApiError(404, "not_found", f"no session {session_id!r}")
-    return _json(session)
+    return web.Response(body=session, content_type="application/json")
 
 
 async def api_not_found(request: web.Request) -> web.Response:
