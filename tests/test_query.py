@@ -486,3 +486,18 @@ async def test_good_token_is_accepted(locked_client: TestClient, header: str) ->
         headers={"Authorization": header},
     )  # fmt: skip
     assert status == 200 and len(body["sessions"]) == 6
+
+
+async def test_user_lookup_walks_only_that_users_index_entries(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a budget of 6 entries per request, Daniel's 6 sessions (5 closed, 1 open) come in
+    one page among 57 sessions: the user index was walked, not the whole store."""
+    monkeypatch.setattr(query, "SCAN_BUDGET", 6)
+    status, body = await get(client, "/api/v1/sessions", params={"user": DANIEL})
+    assert status == 200 and len(body["sessions"]) == 6 and body["next_cursor"] is None
+    status, body = await get(client, "/api/v1/sessions", params={"app": "blog"})
+    assert status == 200 and len(body["sessions"]) == 1 and body["next_cursor"] is None
+    # The same selectivity without an index needs many pages.
+    status, body = await get(client, "/api/v1/sessions", params={"action": "click on 'Like'"})
+    assert status == 200 and body["next_cursor"] is not None
