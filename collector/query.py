@@ -41,8 +41,9 @@ from collector.store import U64, Store, tag_prefix
 PAGE_DEFAULT = 50
 PAGE_MAX = 1000
 # Index entries one list request examines before it answers with a cursor; bounds the time a
-# read transaction stays open (old pages cannot be reused by the writer meanwhile).
-SCAN_BUDGET = 20_000
+# read transaction stays open (old pages cannot be reused by the writer meanwhile) and the time
+# a request holds a worker thread: ~10 µs an entry (get + parse a summary), so ~0.1 s.
+SCAN_BUDGET = 10_000
 # session_id: first 32 hex digits of a sha256 (docs/sessionizer.md §5). Index keys whose tail
 # is not u64 + 32 bytes belong to another tag that merely shares the prefix (a tag containing
 # NUL); tags longer than the store's key limit share a truncated prefix. Both are told apart
