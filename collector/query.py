@@ -26,7 +26,7 @@ import hmac
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import lmdb
@@ -53,6 +53,8 @@ _SESSION_ID_RE = re.compile(r"[0-9a-f]{32}")
 _CURSOR_VERSION = b"\x01"
 # Epoch ms accepted in from/to: up to year 2286, as the core accepts event starts (≤ 10^13).
 _MAX_MS = 10**13
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNENCODED_PLUS = re.compile(r"(T[0-9:.,]+) ([0-9]{2}(?::?[0-9]{2})?)$")
 
 UX_SCORES = frozenset({"satisfying", "tolerable", "frustrating"})
 ERROR_KINDS = frozenset({"js", "request", "custom"})
@@ -273,13 +275,15 @@ def _parse_time(name: str, value: str | None) -> int | None:
         if n > _MAX_MS:
             raise bad_filter(f"{name}: {value!r} is too large for epoch milliseconds")
         return n
+    # An offset typed unencoded in a URL (`…T04:00:00+01:00`) arrives with a space for `+`.
+    value = _UNENCODED_PLUS.sub(r"\1+\2", value)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise bad_filter(f"{name}: {value!r} is neither epoch ms nor ISO 8601") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    ms = int(parsed.timestamp() * 1000)
+    ms = (parsed - _EPOCH) // timedelta(milliseconds=1)  # exact, unlike float seconds
     if not 0 <= ms <= _MAX_MS:
         raise bad_filter(f"{name}: {value!r} is out of range")
     return ms

@@ -501,3 +501,18 @@ async def test_user_lookup_walks_only_that_users_index_entries(
     # The same selectivity without an index needs many pages.
     status, body = await get(client, "/api/v1/sessions", params={"action": "click on 'Like'"})
     assert status == 200 and body["next_cursor"] is not None
+
+
+@pytest.mark.parametrize(("text", "ms"), [
+    ("1764126000000", T0),
+    ("2025-11-26T03:00:00Z", T0),
+    ("2025-11-26T03:00:00", T0),  # no offset: UTC
+    ("2025-11-26T04:00:00+01:00", T0),
+    ("2025-11-26T04:00:00 01:00", T0),  # '+' sent unencoded in the URL
+    ("2025-11-26T03:00:00.123Z", T0 + 123),  # exact, no float rounding
+    ("2025-11-26T03:00:00.999999Z", T0 + 999),
+    ("2025-11-26", T0 - 3 * HOUR),
+])  # fmt: skip
+def test_from_and_to_accept_epoch_ms_and_iso_8601(text: str, ms: int) -> None:
+    q = query.parse_query(_md({"from": text, "to": text}))
+    assert q.start_from == q.start_to == ms
