@@ -3,6 +3,7 @@
 //! Fields are read leniently into [`Scalar`] so a wrong type is a counted `bad_event`, never a
 //! failed request, and nothing is allocated for fields the core does not keep.
 use crate::privacy::Scrubber;
+use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -148,6 +149,108 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     }
 }
 
+/// A JSON value parsed as `T` when it is an object, else only skipped.
+enum ObjectOr<T> {
+    Object(T),
+    Other,
+}
+
+struct ObjectOrVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectOrVisitor<T> {
+    type Value = ObjectOr<T>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(MapAccessDeserializer::new(map)).map(ObjectOr::Object)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ObjectOr::Other)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOr<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ObjectOrVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A JSON value seen as what the beacon format cares about: an object parsed as `T`, an
+/// array of values that are objects or not, null, or any other scalar.
+enum Json<T> {
+    Object(T),
+    Array(Vec<ObjectOr<T>>),
+    Null,
+    Scalar,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Json<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Json<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(64));
+                while let Some(item) = seq.next_element::<ObjectOr<T>>()? {
+                    items.push(item);
+                }
+                Ok(Json::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(Json::Object)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Json::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Json::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Json::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Json::Scalar)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Json::Scalar)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Json::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Json::Null)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
 #[derive(Deserialize)]
 struct RawBeacon<'a> {
     #[serde(default, borrow)]
@@ -165,11 +268,11 @@ struct RawBeacon<'a> {
     #[serde(default, borrow)]
     synthetic: Scalar<'a>,
     #[serde(default, borrow)]
-    page: Option<&'a RawValue>,
+    page: Option<ObjectOr<RawPage<'a>>>,
     #[serde(default, borrow)]
-    device: Option<&'a RawValue>,
+    device: Option<ObjectOr<RawDevice<'a>>>,
     #[serde(default, borrow)]
-    events: Option<&'a RawValue>,
+    events: Option<Json<RawEvent<'a>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -371,7 +474,7 @@ pub struct Beacon {
 
 /// The beacons of one request, before their events are parsed.
 pub struct Envelopes<'a> {
-    raw: Vec<(RawBeacon<'a>, Vec<&'a RawValue>)>,
+    raw: Vec<(RawBeacon<'a>, Vec<ObjectOr<RawEvent<'a>>>)>,
 }
 
 impl Envelopes<'_> {
@@ -404,34 +507,35 @@ fn valid_sid(sid: &str) -> bool {
 /// Splits a payload into beacons and validates every envelope (docs §2): all or nothing.
 /// Returns the index of the failing beacon with the reason.
 pub fn envelopes(payload: &[u8], max_events: usize) -> Result<Envelopes<'_>, (usize, Rejection)> {
-    let mut values: Vec<&RawValue> = Vec::new();
-    let mut stream = serde_json::Deserializer::from_slice(payload).into_iter::<&RawValue>();
-    for item in stream.by_ref() {
+    let mut values: Vec<Json<RawBeacon>> = Vec::new();
+    for item in serde_json::Deserializer::from_slice(payload).into_iter::<Json<RawBeacon>>() {
         match item {
             Ok(v) => values.push(v),
             Err(_) => return Err((values.len(), Rejection::BadJson)),
         }
     }
-    if values.is_empty() {
-        return Err((0, Rejection::BadJson));
-    }
     // a single JSON array holds the beacons; anything else is one object or NDJSON
-    if values.len() == 1 && values[0].get().starts_with('[') {
-        let items: Vec<&RawValue> =
-            serde_json::from_str(values[0].get()).map_err(|_| (0, Rejection::BadJson))?;
-        if items.is_empty() {
-            return Err((0, Rejection::Empty));
+    let beacons: Vec<ObjectOr<RawBeacon>> = match values.len() {
+        0 => return Err((0, Rejection::BadJson)),
+        1 if matches!(values[0], Json::Array(_)) => {
+            let Some(Json::Array(items)) = values.pop() else { unreachable!() };
+            if items.is_empty() {
+                return Err((0, Rejection::Empty));
+            }
+            items
         }
-        values = items;
-    }
-    let mut raw = Vec::with_capacity(values.len());
+        _ => values
+            .into_iter()
+            .map(|v| match v {
+                Json::Object(b) => ObjectOr::Object(b),
+                _ => ObjectOr::Other,
+            })
+            .collect(),
+    };
+    let mut raw = Vec::with_capacity(beacons.len());
     let mut total_events = 0usize;
-    for (i, v) in values.into_iter().enumerate() {
-        if !is_object(v) {
-            return Err((i, Rejection::NotObject));
-        }
-        // duplicate keys are refused here (serde), so every reader sees the same beacon
-        let b: RawBeacon = serde_json::from_str(v.get()).map_err(|_| (i, Rejection::BadJson))?;
+    for (i, b) in beacons.into_iter().enumerate() {
+        let ObjectOr::Object(mut b) = b else { return Err((i, Rejection::NotObject)) };
         match &b.v {
             Scalar::Missing | Scalar::Null => {}
             Scalar::Num(n) if *n == 1.0 => {}
@@ -443,12 +547,9 @@ pub fn envelopes(payload: &[u8], max_events: usize) -> Result<Envelopes<'_>, (us
         if !b.sid.str_or_none().is_some_and(valid_sid) {
             return Err((i, Rejection::BadSid));
         }
-        let events: Vec<&RawValue> = match b.events {
-            None => Vec::new(),
-            Some(e) if e.get() == "null" => Vec::new(),
-            Some(e) if e.get().starts_with('[') => {
-                serde_json::from_str(e.get()).map_err(|_| (i, Rejection::BadJson))?
-            }
+        let events = match b.events.take() {
+            None | Some(Json::Null) => Vec::new(),
+            Some(Json::Array(e)) => e,
             Some(_) => return Err((i, Rejection::BadEvents)),
         };
         total_events += events.len();
@@ -541,11 +642,8 @@ fn resources(raw: Option<&RawValue>, scrub: &Scrubber) -> Vec<Resource> {
         .collect()
 }
 
-fn parse_event(raw: &RawValue, scrub: &Scrubber) -> Result<Event, Drop> {
-    if !is_object(raw) {
-        return Err(Drop::BadEvent);
-    }
-    let e: RawEvent = serde_json::from_str(raw.get()).map_err(|_| Drop::BadEvent)?;
+fn parse_event(raw: ObjectOr<RawEvent>, scrub: &Scrubber) -> Result<Event, Drop> {
+    let ObjectOr::Object(e) = raw else { return Err(Drop::BadEvent) };
     let Scalar::Str(kind) = &e.kind_of_event else { return Err(Drop::BadEvent) };
     let bad = |_| Drop::BadEvent;
     let start = start_of(&e.start).map_err(bad)?;
@@ -637,16 +735,14 @@ impl Envelopes<'_> {
                         Err(d) => dropped.push(d),
                     }
                 }
-                let page: RawPage = b
-                    .page
-                    .filter(|p| is_object(p))
-                    .and_then(|p| serde_json::from_str(p.get()).ok())
-                    .unwrap_or_default();
-                let device: RawDevice = b
-                    .device
-                    .filter(|p| is_object(p))
-                    .and_then(|p| serde_json::from_str(p.get()).ok())
-                    .unwrap_or_default();
+                let page = match b.page {
+                    Some(ObjectOr::Object(p)) => p,
+                    _ => RawPage::default(),
+                };
+                let device = match b.device {
+                    Some(ObjectOr::Object(d)) => d,
+                    _ => RawDevice::default(),
+                };
                 Beacon {
                     app: b.app.str_or_none().unwrap_or_default().to_owned(),
                     sid: b.sid.str_or_none().unwrap_or_default().to_owned(),

@@ -19,3 +19,4 @@ mod python;
 pub use error::CoreError;
 pub use sessionizer::{prepare, Output, Prepared, Request, Sessionizer};
 pub use settings::Settings;
+

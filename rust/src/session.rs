@@ -126,10 +126,17 @@ impl SessionMetrics {
 }
 
 pub fn session_id(app: &str, sid: &str, part: u32, first_recv: i64) -> String {
-    let digest = Sha256::digest(format!("{app}\n{sid}\n{part}\n{first_recv}").as_bytes());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut h = Sha256::new();
+    h.update(app.as_bytes());
+    h.update(b"\n");
+    h.update(sid.as_bytes());
+    h.update(format!("\n{part}\n{first_recv}").as_bytes());
+    let digest = h.finalize();
     let mut out = String::with_capacity(32);
     for b in &digest[..16] {
-        out.push_str(&format!("{b:02x}"));
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
     }
     out
 }
