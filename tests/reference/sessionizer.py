@@ -54,8 +54,13 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_int(value: Any) -> bool:
-    """A JSON integer literal (`3`, not `3.0`)."""
+    """A JSON integer literal (`3`, not `3.0`): for settings."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_integral(value: Any) -> bool:
+    """A JSON number with an integer value. Reading: `200.0` is the integer 200 in an event."""
+    return _is_number(value) and float(value).is_integer()
 
 
 def _thresholds(value: Any, where: str) -> dict[str, float]:
@@ -272,10 +277,14 @@ def _decode_beacons(payload: bytes) -> list[Any]:
         value = decode_json(text)
     except ValueError:
         lines = [line for line in text.split("\n") if line.strip(_JSON_WS)]
-        try:
-            return [decode_json(line) for line in lines]
-        except ValueError as exc:
-            raise Rejected("bad_json", message=f"neither JSON nor NDJSON: {exc}") from exc
+        beacons = []
+        for line in lines:
+            try:
+                beacons.append(decode_json(line))
+            except ValueError as exc:
+                # Reading: the beacon index of a bad NDJSON line is its index among the beacons.
+                raise Rejected("bad_json", len(beacons), f"neither JSON nor NDJSON: {exc}") from exc
+        return beacons
     if isinstance(value, list):
         if not value:
             raise Rejected("empty", message="an array with no beacons")
@@ -291,8 +300,8 @@ def _present(beacon: Mapping[str, Any], key: str) -> bool:
 def validate_request(payload: bytes, max_events: int) -> list[dict[str, Any]]:
     """The accepted beacons of one request, or `Rejected` with the first reason found.
 
-    Beacons are checked in order, each against the table's rows in order; the event count
-    (`too_many_events`) is checked once every beacon passed.
+    Reading: beacons are checked in order, each against the table's rows in order, and
+    `too_many_events` is found at the beacon whose events make the running total too large.
     """
     beacons = _decode_beacons(payload)
     total_events = 0
@@ -313,8 +322,8 @@ def validate_request(payload: bytes, max_events: int) -> list[dict[str, Any]]:
         if events is not None and not isinstance(events, list):
             raise Rejected("bad_events", index, "events must be an array")
         total_events += len(events or ())
-    if total_events > max_events:
-        raise Rejected("too_many_events", 0, f"{total_events} events > {max_events}")
+        if total_events > max_events:
+            raise Rejected("too_many_events", index, f"more than {max_events} events")
     return beacons
 
 
@@ -410,14 +419,16 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
         raise BadEvent("bad_event")
     kind = raw["type"]
-    if kind not in KNOWN_TYPES:
-        raise BadEvent("unknown_type")
+    # Reading: `start` belongs to every event, so a bad one is a bad_event even when the type
+    # is unknown; `dur` only means something for actions and is checked only there.
     event: dict[str, Any] = {
         "type": kind,
         "start": _opt(raw, "start", lambda v: _is_number(v) and 0 <= v <= MAX_START),
-        "dur": _opt(raw, "dur", lambda v: _is_number(v) and 0 <= v <= MAX_DUR) or 0,
     }
+    if kind not in KNOWN_TYPES:
+        raise BadEvent("unknown_type")
     if kind in ACTION_TYPES:
+        event["dur"] = _opt(raw, "dur", lambda v: _is_number(v) and 0 <= v <= MAX_DUR) or 0
         url = _opt(raw, "url", _is_str)
         url = None if url is None else scrub(url, LIMITS["url"])
         name = _opt(raw, "name", _is_str)
@@ -439,7 +450,7 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
             name=name,
             url=url,
             method=None if method is None else truncate(method, LIMITS["method"]),
-            status=_opt(raw, "status", lambda v: _is_int(v) and 0 <= v <= 999),
+            status=_opt(raw, "status", lambda v: _is_integral(v) and 0 <= v <= 999),
             timings={
                 truncate(key, LIMITS["timing_key"]): value
                 for key, value in timing.items()
@@ -469,7 +480,7 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
         event.update(name=truncate(name, LIMITS["name"]).upper(), value=value)
     elif kind == "rage_click":
         target = _opt(raw, "target", _is_str)
-        count = _opt(raw, "count", lambda v: _is_int(v) and v >= 1)
+        count = _opt(raw, "count", lambda v: _is_integral(v) and v >= 1)
         event.update(
             target=None if target is None else truncate(target, LIMITS["target"]),
             count=3 if count is None else count,
@@ -501,7 +512,7 @@ def parse_resource(raw: Mapping[str, Any], scrub: Scrubber) -> dict[str, Any]:
     for key in ("start", "dur", "size"):
         if _is_number(raw.get(key)):
             out[key] = raw[key]
-    if _is_int(raw.get("status")):
+    if _is_integral(raw.get("status")) and 0 <= raw["status"] <= 999:
         out["status"] = raw["status"]
     return out
 
@@ -564,7 +575,9 @@ def correct_times(beacon: Beacon, recv_ms: int, max_duration_ms: int) -> None:
         if event["start"] is None:
             event["t"] = recv_ms
         else:
-            event["t"] = min(max(event["start"] + offset, recv_ms - max_duration_ms), recv_ms)
+            # Reading: server times are whole milliseconds (floor).
+            t = math.floor(event["start"] + offset)
+            event["t"] = min(max(t, recv_ms - max_duration_ms), recv_ms)
 
 
 # --------------------------------------------------------------------------------------------
@@ -640,8 +653,10 @@ class Sessionizer:
     # ---- public API -------------------------------------------------------------------------
 
     def ingest(self, batch: bytes, now_ms: int) -> IngestResult:
-        # Reading: `now_ms` closes nothing here; only flush(now) applies the clock.
-        del now_ms
+        """Apply the records, then close what is due at `now_ms` exactly as `flush(now_ms)`.
+
+        Reading: the doc gives `ingest` a clock but does not say what it does with it.
+        """
         result = IngestResult()
         dropped: Counter[str] = Counter()
         for index, record in enumerate(parse_records(batch)):
@@ -660,26 +675,32 @@ class Sessionizer:
                 result.events += len(beacon.events)
                 self._apply(beacon, record, result.closed)
         result.dropped = dict(dropped)
+        result.closed += self._close_due(now_ms)
         self._add_metrics(result)
         return result
 
     def flush(self, now_ms: int) -> IngestResult:
-        result = IngestResult()
+        result = IngestResult(closed=self._close_due(now_ms))
+        self._add_metrics(result)
+        return result
+
+    def _close_due(self, now_ms: int) -> list[ClosedSession]:
+        """Close the sessions due at `now_ms` (sorted by session_id), drop old tombstones."""
+        closed: list[ClosedSession] = []
         timeout, max_duration = self.settings["timeout_ms"], self.settings["max_duration_ms"]
         for key, session in list(self._open.items()):
             if now_ms - session["last_recv"] >= timeout:
-                self._close(key, "timeout", result.closed)
+                self._close(key, "timeout", closed)
             elif now_ms - session["first_recv"] >= max_duration:
-                self._close(key, "duration_limit", result.closed)
-        result.closed.sort(key=lambda closed: closed.session_id)
+                self._close(key, "duration_limit", closed)
+        closed.sort(key=lambda c: c.session_id)
         # Reading: tombstones are dropped after this flush's closes (theirs included).
         self._tombstones = {
             key: (part, last_recv)
             for key, (part, last_recv) in self._tombstones.items()
             if now_ms - last_recv < timeout
         }
-        self._add_metrics(result)
-        return result
+        return closed
 
     def live(self) -> list[ClosedSession]:
         """Summaries (detail empty) of open sessions changed since the last call."""
@@ -697,7 +718,6 @@ class Sessionizer:
             "open": [session for session in self._open.values()],
             "tombstones": [[app, sid, part, last] for (app, sid), (part, last) in
                            self._tombstones.items()],
-            "changed": sorted(self._changed),
         }  # fmt: skip
         return json.dumps(state).encode()
 
@@ -708,10 +728,10 @@ class Sessionizer:
                 raise ValueError("unknown checkpoint version")
             opened = {(s["app"], s["sid"]): s for s in data["open"]}
             tombstones = {(a, s): (p, last) for a, s, p, last in data["tombstones"]}
-            changed = {(a, s) for a, s in data["changed"]}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a sessionizer checkpoint: {exc}") from exc
-        self._open, self._tombstones, self._changed = opened, tombstones, changed
+        # A restored process has published nothing yet: every open session counts as changed.
+        self._open, self._tombstones, self._changed = opened, tombstones, set(opened)
 
     def open_count(self) -> int:
         return len(self._open)
@@ -741,8 +761,7 @@ class Sessionizer:
                     self._close(key, "action_limit", closed)
                     session = self._open_session(key, r)
                     self._take_beacon_fields(session, beacon, record)
-                page = beacon.page if beacon.page is not None else event["url"]
-                session["actions"].append({**event, "page": page})
+                session["actions"].append({**event, "page": beacon.page})
             elif event["type"] == "error":
                 session["errors"].append(event)
             elif event["type"] == "vital":
@@ -870,7 +889,7 @@ class Sessionizer:
             [end_event["t"]] if end_event else []
         )
         starts = [a["t"] for a in actions] + others
-        ends = [a["t"] + a["dur"] for a in actions] + others
+        ends = [a["t"] + math.floor(a["dur"]) for a in actions] + others
         start = min(starts) if starts else session["first_recv"]
         end = max(ends) if ends else session["last_recv"]
 
@@ -915,8 +934,8 @@ class Sessionizer:
             "errors_by_kind": by_kind,
             "has_error": bool(errors),
             "bounce": len(actions) <= 1,
-            "entry_page": actions[0]["page"] if actions else None,
-            "exit_page": actions[-1]["page"] if actions else None,
+            "entry_page": page_of(actions[0]) if actions else None,
+            "exit_page": page_of(actions[-1]) if actions else None,
             # Reading: the number of rage-click events (not the sum of their counts).
             "rage_clicks": len(rages),
             "vitals": vitals_summary,
@@ -940,6 +959,7 @@ class Sessionizer:
                             "type": a["type"],
                             "name": a["name"],
                             "url": a["url"],
+                            # Reading: the beacon's page.url as sent (no fallback to url).
                             "page": a["page"],
                             "method": a["method"],
                             "start": a["t"],
@@ -986,8 +1006,8 @@ class Sessionizer:
             session_id=sid,
             app=app,
             user_tag=session["user_tag"],
-            start_ms=math.floor(start),
-            end_ms=math.floor(end),
+            start_ms=start,
+            end_ms=end,
             end_reason=end_reason,
             summary=_dumps(summary),
             detail=detail_json,
@@ -1008,6 +1028,11 @@ class Sessionizer:
                 result.vitals.append((closed.app, vital["name"], vital["value"]))
         result.actions = [(*key, count) for key, count in actions.items()]
         result.errors = [(*key, count) for key, count in errors.items()]
+
+
+def page_of(action: dict) -> str | None:
+    """The page URL of an action: its beacon's page.url, else the action's url."""
+    return action["page"] if action["page"] is not None else action["url"]
 
 
 def attach_error(actions: list[dict], t: float) -> int | None:
