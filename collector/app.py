@@ -14,6 +14,7 @@ LMDB environment closes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -37,15 +38,20 @@ from collector.query import setup_query_routes
 from collector.ratelimit import TokenBuckets
 from collector.readiness import Readiness
 from collector.receivers.native import setup_native_routes
+from collector.static import setup_agent_route
 from collector.store import Store
+
+log = logging.getLogger(__name__)
 
 Role = Literal["both", "front", "sessionizer"]
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    if not settings.sync:
+        log.warning("storage.sync is off: acknowledged beacons are not durable on power loss")
     store = Store(settings.data_dir, map_size=settings.map_size,
-                  max_map_size=settings.max_map_size)  # fmt: skip
+                  max_map_size=settings.max_map_size, sync=settings.sync)  # fmt: skip
     app[STORE] = store
     yield
     store.close()
@@ -96,4 +102,5 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
         setup_metrics_route(app)
         setup_query_routes(app)
         setup_native_routes(app)
+        setup_agent_route(app)
     return app

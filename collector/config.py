@@ -192,6 +192,9 @@ class Settings:
     checkpoint_interval_ms: int = _setting(
         "storage", "checkpoint_interval", 5_000, parse_duration_ms
     )
+    # false skips the fsync of every commit: acknowledged beacons are then NOT durable across
+    # a machine crash (a process crash is still fine). Only to measure the CPU path.
+    sync: bool = _setting("storage", "sync", True, _parse_bool)
 
     # [ingest]
     allowed_origins: tuple[str, ...] = _setting(
