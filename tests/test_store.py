@@ -1,0 +1,158 @@
+"""The LMDB store on a real environment: WAL order, trimming, map growth (in this process and
+by another one), idempotent closed-session writes with their indexes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from collector import Sessionizer, prepare
+from collector.store import RECORDS, TICK, Store, tag_key, time_key
+from tests.conftest import REPO, StartServer
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = Store(tmp_path / "data", map_size=1 << 20, max_map_size=1 << 30)
+    yield store
+    store.close()
+
+
+def test_wal_sequence_is_commit_order_without_gaps(store: Store):
+    seqs: list[int] = []
+
+    def writer(n: int) -> None:
+        for i in range(50):
+            value = b"r%d-%d" % (n, i)
+            seqs.append(store.write(lambda txn, v=value: store.append_records(txn, v)))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seqs) == list(range(1, 201))
+    tick = store.write(lambda txn: store.append_tick(txn, 1234))
+    entries, more = store.read_wal(0, 1 << 20)
+    assert not more
+    assert [seq for seq, _, _ in entries] == list(range(1, 202))
+    assert entries[-1] == (tick, TICK, (1234).to_bytes(8, "big"))
+    assert {kind for _, kind, _ in entries[:-1]} == {RECORDS}
+    # Paging: about max_bytes at a time, at least one entry.
+    first, more = store.read_wal(0, 1)
+    assert len(first) == 1 and more
+
+
+def test_checkpoint_trim_and_sequence_continues(store: Store):
+    for _ in range(10):
+        store.write(lambda txn: store.append_records(txn, b"x"))
+
+    def checkpoint(txn):
+        store.put_checkpoint(txn, b"state", 10, 99)
+        return store.trim_wal(txn, 10)
+
+    assert store.write(checkpoint) == 10
+    assert store.load_checkpoint() == (b"state", 10, 99)
+    assert store.read_wal(0, 1 << 20) == ([], False)
+    assert store.wal_head() == 10
+    # An empty WAL continues after the checkpointed position: order is never reused.
+    assert store.write(lambda txn: store.append_records(txn, b"y")) == 11
+
+
+def test_map_grows_when_full_while_readers_read(store: Store):
+    stop = threading.Event()
+    reads = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            with store.read() as txn:
+                txn.get(b"k", db=store.dbs["meta"])
+            reads[0] += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(40):  # 40 × 100 KiB in a 1 MiB map
+            store.write(lambda txn: store.append_records(txn, b"x" * 100_000))
+    finally:
+        stop.set()
+        thread.join()
+    assert store.env.info()["map_size"] > 1 << 20
+    assert store.used_bytes() > 4_000_000
+    assert reads[0] > 0
+    assert len(store.read_wal(0, 1 << 30)[0]) == 40
+
+
+GROW_ELSEWHERE = """
+import sys
+from pathlib import Path
+from collector.store import Store
+store = Store(Path(sys.argv[1]), map_size=1 << 20)
+for _ in range(40):
+    store.write(lambda txn: store.append_records(txn, b"x" * 100_000))
+store.close()
+"""
+
+
+def test_map_grown_by_another_process_is_adopted(store: Store):
+    store.write(lambda txn: store.append_records(txn, b"first"))
+    subprocess.run([sys.executable, "-c", GROW_ELSEWHERE, str(store.path)], cwd=REPO,
+                   check=True, timeout=60)  # fmt: skip
+    entries, _ = store.read_wal(0, 1 << 30)
+    assert len(entries) == 41
+    assert store.write(lambda txn: store.append_records(txn, b"last")) == 42
+
+
+def closed_session(sid: str):
+    now = int(time.time() * 1000)
+    body = orjson.dumps({"v": 1, "app": "shop", "sid": sid, "user": "daniel.adams@example.com",
+                         "events": [{"type": "load", "name": "home", "dur": 100}]})  # fmt: skip
+    records, verdicts, _ = prepare([(now, "10.0.0.1", "Mozilla/5.0", 0, body)])
+    assert verdicts == [None]
+    core = Sessionizer({"timeout_ms": 1000})
+    core.ingest(records, now)
+    live = core.live()
+    [closed] = core.flush(now + 5000).closed
+    return live, closed
+
+
+def test_closed_session_with_indexes_replaces_live_and_is_idempotent(store: Store):
+    live, session = closed_session("abcdefgh-1")
+    store.write(lambda txn: store.put_live(txn, live))
+    for _ in range(2):  # a replay writes it again: same keys, nothing duplicated
+        store.write(lambda txn: store.put_closed(txn, session))
+    sid = session.session_id
+    with store.read() as txn:
+
+        def keys(db: str) -> list[bytes]:
+            return list(txn.cursor(db=store.dbs[db]).iternext(values=False))
+
+        assert keys("sessions") == [sid.encode()] == keys("details")
+        assert keys("by_time") == [time_key(session.start_ms, sid)]
+        assert keys("by_user") == [tag_key("daniel.adams@example.com", session.start_ms, sid)]
+        assert keys("by_app") == [tag_key("shop", session.start_ms, sid)]
+        assert keys("live") == []
+        assert orjson.loads(txn.get(sid.encode(), db=store.dbs["sessions"]))["live"] is False
+
+
+def test_collector_grows_its_map_under_load(start_server: StartServer):
+    server = start_server(env={"RUMLINE_STORAGE_MAP_SIZE": "1MiB"})
+    padding = "p" * 30_000
+    for i in range(100):  # 3 MB of beacons into a 1 MiB map
+        body = orjson.dumps(
+            {
+                "v": 1,
+                "app": "grow",
+                "sid": f"grow-session-{i % 5}",
+                "events": [{"type": "custom", "name": "n", "stack": padding}],
+            }
+        )
+        assert server.request("POST", "/beacon", body)[0] == 204
+    assert "grew the LMDB map" in server.log()
+    assert server.terminate() == 0
