@@ -77,7 +77,7 @@ pub enum Scalar<'a> {
     Other,
 }
 
-impl<'a> Scalar<'a> {
+impl Scalar<'_> {
     /// `Ok(None)` when absent or null, `Err` when of another type.
     fn string(&self) -> Result<Option<&str>, ()> {
         match self {
@@ -609,8 +609,6 @@ fn timings(raw: Option<&RawValue>) -> Vec<(String, f64)> {
 }
 
 fn resources(raw: Option<&RawValue>, scrub: &Scrubber) -> Vec<Resource> {
-    let Some(raw) = raw.filter(|r| r.get().starts_with('[')) else { return Vec::new() };
-    let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else { return Vec::new() };
     #[derive(Deserialize)]
     struct RawResource<'a> {
         #[serde(default, borrow)]
@@ -626,6 +624,8 @@ fn resources(raw: Option<&RawValue>, scrub: &Scrubber) -> Vec<Resource> {
         #[serde(default, borrow)]
         size: Scalar<'a>,
     }
+    let Some(raw) = raw.filter(|r| r.get().starts_with('[')) else { return Vec::new() };
+    let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else { return Vec::new() };
     items
         .into_iter()
         .filter(|r| is_object(r))
@@ -645,7 +645,7 @@ fn resources(raw: Option<&RawValue>, scrub: &Scrubber) -> Vec<Resource> {
 fn parse_event(raw: ObjectOr<RawEvent>, scrub: &Scrubber) -> Result<Event, Drop> {
     let ObjectOr::Object(e) = raw else { return Err(Drop::BadEvent) };
     let Scalar::Str(kind) = &e.kind_of_event else { return Err(Drop::BadEvent) };
-    let bad = |_| Drop::BadEvent;
+    let bad = |()| Drop::BadEvent;
     let start = start_of(&e.start).map_err(bad)?;
     let action_type = match kind.as_ref() {
         "load" => Some(ActionType::Load),

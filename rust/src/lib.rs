@@ -1,6 +1,6 @@
 //! rumline's core: beacon parsing, sessionizing, Apdex and UX score.
 //!
-//! Pure Rust; the only file that knows PyO3 is `python.rs`, behind the `python` feature, so
+//! Pure Rust; the only file that knows `PyO3` is `python.rs`, behind the `python` feature, so
 //! `cargo test` runs without libpython. The rules are written down in `docs/sessionizer.md`.
 pub mod apdex;
 pub mod error;

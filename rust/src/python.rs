@@ -1,4 +1,4 @@
-//! The only file that knows PyO3: the `collector._core` module.
+//! The only file that knows `PyO3`: the `collector._core` module.
 use crate::error::CoreError;
 use crate::session::Closed;
 use crate::sessionizer::{self, Output, Request};
@@ -52,7 +52,7 @@ fn closed_to_py(py: Python<'_>, c: Closed) -> PyResult<Py<ClosedSession>> {
             user_tag: c.user_tag,
             start_ms: c.start_ms,
             end_ms: c.end_ms,
-            end_reason: c.end_reason.map(|r| r.as_str()),
+            end_reason: c.end_reason.map(super::session::EndReason::as_str),
             summary: PyBytes::new(py, &c.summary).unbind(),
             detail: PyBytes::new(py, &c.detail).unbind(),
         },
@@ -181,19 +181,19 @@ impl Sessionizer {
 #[pyfunction]
 #[pyo3(signature = (requests, max_events=500, mask_ip=true))]
 #[allow(clippy::type_complexity)]
-fn prepare<'py>(
-    py: Python<'py>,
+fn prepare(
+    py: Python<'_>,
     requests: Vec<(u64, PyBackedStr, PyBackedStr, u8, PyBackedBytes)>,
     max_events: usize,
     mask_ip: bool,
-) -> PyResult<(Bound<'py, PyBytes>, Vec<Option<(&'static str, &'static str)>>, u64)> {
+) -> (Bound<'_, PyBytes>, Vec<Option<(&'static str, &'static str)>>, u64) {
     let reqs: Vec<Request> = requests
         .iter()
         .map(|(recv_ms, ip, ua, flags, body)| Request { recv_ms: *recv_ms, ip, user_agent: ua, flags: *flags, body })
         .collect();
     let p = py.detach(|| sessionizer::prepare(&reqs, max_events, mask_ip));
     let verdicts = p.verdicts.into_iter().map(|v| v.map(|r| (r.code(), r.message()))).collect();
-    Ok((PyBytes::new(py, &p.wal), verdicts, p.events))
+    (PyBytes::new(py, &p.wal), verdicts, p.events)
 }
 
 #[pyfunction]

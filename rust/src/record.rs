@@ -68,15 +68,12 @@ impl<'a> Iterator for Records<'a> {
             return None;
         }
         let parsed = parse_one(self.rest);
-        match parsed {
-            Some((rec, used)) => {
-                self.rest = &self.rest[used..];
-                Some(Ok(rec))
-            }
-            None => {
-                self.failed = true;
-                Some(Err(()))
-            }
+        if let Some((rec, used)) = parsed {
+            self.rest = &self.rest[used..];
+            Some(Ok(rec))
+        } else {
+            self.failed = true;
+            Some(Err(()))
         }
     }
 }

@@ -240,6 +240,7 @@ struct TagOut<'a> {
 }
 
 #[derive(Serialize)]
+#[allow(clippy::struct_field_names)] // `end_detail` is the wire name (docs §7)
 struct Detail<'a> {
     actions: Vec<ActionOut<'a>>,
     errors: Vec<ErrorOut<'a>>,
