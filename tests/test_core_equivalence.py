@@ -22,11 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from collector import _core
 from tests.reference import sessionizer as ref
 from tests.reference.framing import (
-    FLAG_DNT,
     RECV_MS,
     beacon,
     end,
-    error,
     frame,
     load,
     payload_bytes,
@@ -235,16 +233,19 @@ def test_doc_1_a_cut_header_inside_an_intact_frame_is_skipped(core: Any) -> None
     assert result.beacons == 1
 
 
-@pytest.mark.parametrize(
-    "field", [{"timing": [1, 2]}, {"resources": {"url": "x"}}], ids=["timing", "resources"]
-)
-def test_doc_3_timing_and_resources_of_the_wrong_type_are_bad_events(
-    core: Any, field: dict[str, Any]
-) -> None:
-    """§2/§3: a field of the wrong type makes a bad_event; `timing` is an object and
-    `resources` an array (only entries *inside* them are skipped when of the wrong type)."""
-    result = core().ingest(frame(beacon(events=[load(**field)])), RECV_MS)
-    assert dict(result.dropped) == {"bad_event": 1}
+def test_doc_1_a_duplicate_key_in_a_beacon_makes_the_request_bad_json(core: Any) -> None:
+    """§1: "A duplicate key in a beacon, its page, its device or one of its events makes the
+    request bad_json" — any key, not only the ones the core reads."""
+    duplicated = b'{"x": 1, "x": 2, ' + payload_bytes(beacon())[1:]
+    result = core().ingest(frame(duplicated), RECV_MS)
+    assert [tuple(r) for r in result.rejected] == [(0, 0, "bad_json")]
+
+
+def test_doc_1_a_duplicate_key_in_an_event_makes_the_request_bad_json(core: Any) -> None:
+    event = '{"zz": 1, "zz": 2, ' + json.dumps(load())[1:]
+    body = json.dumps(beacon()).replace('"events": []', f'"events": [{event}]')
+    result = core().ingest(frame(body), RECV_MS)
+    assert [tuple(r) for r in result.rejected] == [(0, 0, "bad_json")]
 
 
 def test_doc_3_a_vital_name_is_a_name_truncated_at_2048(core: Any) -> None:
@@ -259,29 +260,3 @@ def test_doc_3_the_end_reason_is_not_truncated(core: Any) -> None:
     reason = "r" * 300
     (closed,) = core().ingest(frame(beacon(events=[end(reason=reason)])), RECV_MS).closed
     assert json.loads(closed.detail)["end_detail"] == reason
-
-
-def test_doc_3_an_error_kind_that_is_not_a_string_is_custom(core: Any) -> None:
-    """§3: `kind` in js, request, custom (anything else → custom)."""
-    sessionizer = core()
-    result = sessionizer.ingest(frame(beacon(events=[error(kind=5)])), RECV_MS)
-    assert dict(result.dropped) == {}
-    (closed,) = sessionizer.flush(RECV_MS + 10**9).closed
-    assert json.loads(closed.detail)["errors"][0]["kind"] == "custom"
-
-
-def test_doc_2_two_json_values_on_one_line_are_not_ndjson() -> None:
-    """§1/§2: NDJSON is one object per non-blank line; two on one line are not valid JSON."""
-    body = payload_bytes(beacon()) + b" " + payload_bytes(beacon())
-    request = [(RECV_MS, "203.0.113.7", "", 0, body)]
-    assert ref.prepare(request)[1][0][0] == "bad_json"
-    assert (_core.prepare(request)[1][0] or ("accepted",))[0] == "bad_json"
-
-
-def test_pyi_live_summaries_have_an_empty_detail(core: Any) -> None:
-    """collector/_core.pyi: live() gives "Summaries (detail empty) of open sessions"."""
-    sessionizer = core()
-    sessionizer.ingest(frame(beacon(events=[load()]), flags=FLAG_DNT), RECV_MS)
-    (live,) = sessionizer.live()
-    assert json.loads(live.summary)["live"] is True
-    assert live.detail == b""

@@ -242,7 +242,8 @@ def _finite_float(text: str) -> float:
 
 
 def _check_no_surrogates(value: Any) -> None:
-    """Strict JSON (as serde_json) has no lone surrogates; Python's json lets `\\ud800` through."""
+    """Strict JSON has no lone surrogates (Python's json lets `\\ud800` through); raises
+    UnicodeEncodeError."""
     if isinstance(value, str):
         value.encode("utf-8")
     elif isinstance(value, list):
@@ -254,42 +255,61 @@ def _check_no_surrogates(value: Any) -> None:
             _check_no_surrogates(item)
 
 
-def decode_json(text: str) -> Any:
-    """Strict JSON: no NaN/Infinity, no out-of-range floats, no lone surrogates."""
-    value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    if "\\u" in text or "\\U" in text:
-        try:
-            _check_no_surrogates(value)
-        except UnicodeEncodeError as exc:
-            raise ValueError("lone surrogate") from exc
-    return value
+class JsonObject(dict):
+    """A decoded JSON object that remembers whether a key appeared twice (the last value wins)."""
+
+    duplicate_key = False
+
+
+def _object(pairs: list[tuple[str, Any]]) -> JsonObject:
+    obj = JsonObject(pairs)
+    obj.duplicate_key = len(obj) != len(pairs)
+    return obj
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object, parse_constant=_reject_constant, parse_float=_finite_float
+)
+
+
+def _has_duplicate_key(beacon: Any) -> bool:
+    """§1: a duplicate key in a beacon, its page, its device or one of its events."""
+    if not isinstance(beacon, dict):
+        return False
+    events = beacon.get("events")
+    parts = [beacon, beacon.get("page"), beacon.get("device")]
+    parts += events if isinstance(events, list) else [events]
+    return any(isinstance(part, JsonObject) and part.duplicate_key for part in parts)
 
 
 def _decode_beacons(payload: bytes) -> list[Any]:
-    """One JSON value (an object or an array of beacons), else NDJSON (one beacon per line)."""
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Rejected("bad_json", message="payload is not utf-8") from exc
-    if not text.strip(_JSON_WS):
-        raise Rejected("bad_json", message="payload is empty")
-    try:
-        value = decode_json(text)
-    except ValueError:
-        lines = [line for line in text.split("\n") if line.strip(_JSON_WS)]
-        beacons = []
-        for line in lines:
-            try:
-                beacons.append(decode_json(line))
-            except ValueError as exc:
-                # Reading: the beacon index of a bad NDJSON line is its index among the beacons.
-                raise Rejected("bad_json", len(beacons), f"neither JSON nor NDJSON: {exc}") from exc
-        return beacons
-    if isinstance(value, list):
-        if not value:
-            raise Rejected("empty", message="an array with no beacons")
-        return value
-    return [value]
+    """§1: a sequence of JSON values separated by optional whitespace; exactly one array holds
+    the beacons, else every value is one beacon. A bad value is `bad_json` at its index."""
+    # Undecodable bytes become lone surrogates, so they fail where they are, like strict utf-8.
+    text = payload.decode("utf-8", errors="surrogateescape")
+    values: list[Any] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos] in _JSON_WS:
+            pos += 1
+        if pos == len(text):
+            break
+        try:
+            value, pos = _DECODER.raw_decode(text, pos)
+            _check_no_surrogates(value)
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise Rejected("bad_json", len(values), f"not JSON: {exc}") from exc
+        items = value if isinstance(value, list) else [value]
+        if any(_has_duplicate_key(item) for item in items):
+            raise Rejected("bad_json", len(values), "a duplicate key")
+        values.append(value)
+    if not values:
+        raise Rejected("bad_json", 0, "payload is empty")
+    if len(values) == 1 and isinstance(values[0], list):
+        if not values[0]:
+            raise Rejected("empty", 0, "an array with no beacons")
+        return values[0]
+    return values
 
 
 def _present(beacon: Mapping[str, Any], key: str) -> bool:
@@ -437,8 +457,10 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
         else:
             name = url if url is not None else kind
         method = _opt(raw, "method", _is_str)
-        timing = _opt(raw, "timing", lambda v: isinstance(v, dict)) or {}
-        resources = _opt(raw, "resources", lambda v: isinstance(v, list)) or []
+        # §3: only numbers in `timing` and objects in `resources` are kept. Reading: a `timing`
+        # that is not an object or `resources` that is not an array is kept as empty.
+        timing = raw["timing"] if isinstance(raw.get("timing"), dict) else {}
+        resources = raw["resources"] if isinstance(raw.get("resources"), list) else []
         traceparent = _opt(raw, "traceparent", _is_str)
         trace_id = None
         match = _TRACEPARENT.fullmatch(traceparent) if traceparent is not None else None
@@ -464,7 +486,7 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
             trace_id=trace_id,
         )
     elif kind == "error":
-        error_kind = raw.get("kind")
+        error_kind = _opt(raw, "kind", _is_str)
         message = _opt(raw, "message", _is_str)
         stack = _opt(raw, "stack", _is_str)
         event.update(
@@ -703,12 +725,8 @@ class Sessionizer:
         return closed
 
     def live(self) -> list[ClosedSession]:
-        """Summaries (detail empty) of open sessions changed since the last call."""
-        out = [
-            self._finalize(self._open[key], None, detail=False)
-            for key in self._changed
-            if key in self._open
-        ]
+        """Open sessions changed since the last call: summary (live: true) and detail."""
+        out = [self._finalize(self._open[key], None) for key in self._changed if key in self._open]
         self._changed.clear()
         return sorted(out, key=lambda closed: closed.session_id)
 
@@ -828,7 +846,7 @@ class Sessionizer:
         session = self._open.pop(key)
         self._tombstones[key] = (session["part"], session["last_recv"])
         self._changed.discard(key)
-        closed.append(self._finalize(session, reason, detail=True))
+        closed.append(self._finalize(session, reason))
 
     # ---- section 6: finalizing ---------------------------------------------------------------
 
@@ -867,7 +885,8 @@ class Sessionizer:
             self._ua_cache[ua] = _core().parse_user_agent(ua)
         return self._ua_cache[ua]
 
-    def _finalize(self, session: dict, end_reason: str | None, detail: bool) -> ClosedSession:
+    def _finalize(self, session: dict, end_reason: str | None) -> ClosedSession:
+        """The summary and detail of a session; `end_reason` None for a live (open) one."""
         app = session["app"]
         # Actions by (t, arrival); the arrival order is the list order.
         actions = sorted(session["actions"], key=lambda action: action["t"])
@@ -949,59 +968,56 @@ class Sessionizer:
             "user_type": user_type,
             "properties": session["properties"],
         }
-        detail_json = b""
-        if detail:
-            detail_json = _dumps(
+        detail = {
+            "actions": [
                 {
-                    "actions": [
-                        {
-                            "index": i,
-                            "type": a["type"],
-                            "name": a["name"],
-                            "url": a["url"],
-                            # Reading: the beacon's page.url as sent (no fallback to url).
-                            "page": a["page"],
-                            "method": a["method"],
-                            "start": a["t"],
-                            "duration": a["dur"],
-                            "apdex": categories[i],
-                            "status": a["status"],
-                            "traceparent": a["traceparent"],
-                            "trace_id": a["trace_id"],
-                            "timings": a["timings"],
-                            "resources": a["resources"],
-                            "error_count": len(errors_of[i]),
-                        }
-                        for i, a in enumerate(actions)
-                    ],
-                    # Reading: errors, vitals and rage clicks stay in arrival order.
-                    "errors": [
-                        {
-                            "kind": e["kind"],
-                            "message": e["message"],
-                            "stack": e["stack"],
-                            "start": e["t"],
-                            "action": index,
-                        }
-                        for e, index in zip(errors, attached_to, strict=True)
-                    ],
-                    "vitals": [
-                        {
-                            "name": v["name"],
-                            "value": v["value"],
-                            "rating": vital_rating(v["name"], v["value"]),
-                            "start": v["t"],
-                        }
-                        for v in vitals
-                    ],
-                    "rage_clicks": [
-                        {"target": r["target"], "count": r["count"], "start": r["t"]} for r in rages
-                    ],
-                    "user_tags": session["user_tags"],
-                    "properties": session["properties"],
-                    "end_detail": end_event["reason"] if end_event else None,
+                    "index": i,
+                    "type": a["type"],
+                    "name": a["name"],
+                    "url": a["url"],
+                    # Reading: the beacon's page.url as sent (no fallback to url).
+                    "page": a["page"],
+                    "method": a["method"],
+                    "start": a["t"],
+                    "duration": a["dur"],
+                    "apdex": categories[i],
+                    "status": a["status"],
+                    "traceparent": a["traceparent"],
+                    "trace_id": a["trace_id"],
+                    "timings": a["timings"],
+                    "resources": a["resources"],
+                    "error_count": len(errors_of[i]),
                 }
-            )
+                for i, a in enumerate(actions)
+            ],
+            # Reading: errors, vitals and rage clicks stay in arrival order.
+            "errors": [
+                {
+                    "kind": e["kind"],
+                    "message": e["message"],
+                    "stack": e["stack"],
+                    "start": e["t"],
+                    "action": index,
+                }
+                for e, index in zip(errors, attached_to, strict=True)
+            ],
+            "vitals": [
+                {
+                    "name": v["name"],
+                    "value": v["value"],
+                    "rating": vital_rating(v["name"], v["value"]),
+                    "start": v["t"],
+                }
+                for v in vitals
+            ],
+            "rage_clicks": [
+                {"target": r["target"], "count": r["count"], "start": r["t"]} for r in rages
+            ],
+            "user_tags": session["user_tags"],
+            "properties": session["properties"],
+            "end_detail": end_event["reason"] if end_event else None,
+        }
+
         return ClosedSession(
             session_id=sid,
             app=app,
@@ -1010,7 +1026,7 @@ class Sessionizer:
             end_ms=end,
             end_reason=end_reason,
             summary=_dumps(summary),
-            detail=detail_json,
+            detail=_dumps(detail),
         )
 
     # ---- section 7: metrics -------------------------------------------------------------------

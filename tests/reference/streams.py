@@ -23,7 +23,6 @@ from tests.reference.framing import (
     IPHONE_UA,
     RECV_MS,
     frame,
-    payload_bytes,
     raw_record,
 )
 
@@ -93,6 +92,7 @@ def thresholds(config: dict[str, Any], kind: str) -> list[float]:
 
 # ---- events ---------------------------------------------------------------------------------
 
+# Events that are dropped (bad_event, unknown_type) or odd (kept with a field left out).
 BAD_EVENTS: tuple[Any, ...] = (
     "not an object",
     {"no": "type"},
@@ -107,6 +107,7 @@ BAD_EVENTS: tuple[Any, ...] = (
     {"type": "load", "timing": [1, 2]},
     {"type": "load", "resources": {"url": "x"}},
     {"type": "error", "kind": "js", "message": ["x"]},
+    {"type": "error", "kind": 5},
     {"type": "vital", "name": "LCP", "value": -1},
     {"type": "vital", "name": "LCP"},
     {"type": "vital", "value": 12},
@@ -213,6 +214,9 @@ def event(draw: st.DrawFn, config: dict[str, Any], client_now: int) -> Any:
 
 # ---- beacons, payloads, records -------------------------------------------------------------
 
+# Prefixes that give a beacon a duplicate key (of a field the core reads, of one it ignores).
+DUPLICATE_KEYS = ('"app": "shop"', '"x": 1, "x": 2')
+
 BAD_BEACON_CHANGES: tuple[dict[str, Any], ...] = (
     {"app": "bad app!"},
     {"app": ""},
@@ -266,12 +270,20 @@ def payload(draw: st.DrawFn, config: dict[str, Any], recv_ms: int, shape: Shape)
     if draw(st.integers(0, 79)) == 0:
         return draw(st.sampled_from((b"", b"  \n", b"{", b"[]", b"\xff\xfe", b"null", b"[1]")))
     beacons = draw(st.lists(beacon(config, recv_ms, shape), min_size=1, max_size=3))
-    form = draw(st.sampled_from(("object", "array", "ndjson")))
-    if form == "object" and len(beacons) == 1:
-        return payload_bytes(beacons[0])
+    texts = [json.dumps(b) for b in beacons]
+    if draw(st.integers(0, 59)) == 0:  # a duplicate key: the request is bad_json
+        where = draw(st.integers(0, len(texts) - 1))
+        if texts[where].startswith("{"):
+            keys = draw(st.sampled_from(DUPLICATE_KEYS))
+            texts[where] = "{" + keys + ", " + texts[where][1:]
+    form = draw(st.sampled_from(("object", "array", "ndjson", "ndjson", "run-on")))
+    if form == "object" and len(texts) == 1:
+        return texts[0].encode()
     if form == "ndjson":
-        return "\n".join(json.dumps(b) for b in beacons).encode() + b"\n"
-    return payload_bytes(beacons)
+        return "\n".join(texts).encode() + b"\n"
+    if form == "run-on":  # §1: values separated by optional whitespace, not only newlines
+        return draw(st.sampled_from(("", " ", "\r\n\n"))).join(texts).encode()
+    return ("[" + ", ".join(texts) + "]").encode()
 
 
 @st.composite
