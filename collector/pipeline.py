@@ -80,6 +80,7 @@ class Pipeline:
         self._last_live_ms = 0
         self._last_tick_ms = 0
         self._ingested_since_tick = False
+        self._unwritten: list[ClosedSession] = []
         self._recover_target = 0
         self.recovering = True
         self._stopping = False
@@ -213,7 +214,10 @@ class Pipeline:
 
         outcome.open_sessions = self._core.open_count()
         now = wall_ms()
-        closed: list[ClosedSession] = [s for r in outcome.results for s in r.closed]
+        # Kept until written: if the write fails, the core has moved on regardless, so the
+        # next step must write these (the WAL position has advanced past their records).
+        self._unwritten.extend(s for r in outcome.results for s in r.closed)
+        closed = self._unwritten
         live_due = not self.recovering and now - self._last_live_ms >= self._flush_interval_ms
         tick_due = (
             not self.recovering
@@ -245,6 +249,7 @@ class Pipeline:
                 self._store.put_sessionizer_status(txn, "stopped")
 
         self._store.write(write)
+        self._unwritten = []
         if live_due:
             self._last_live_ms = now
         if tick_due:

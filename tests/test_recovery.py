@@ -1,0 +1,60 @@
+"""Start-up recovery is the sessionizer loop itself: /readyz fails with `recovering` while the
+WAL after the last checkpoint is replayed, then the replayed sessions are there."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from collector import prepare
+from collector.store import Store
+from tests.conftest import StartServer, free_port
+
+
+def fill_wal(store: Store, entries: int, requests: int, events: int) -> int:
+    """Append what fronts would have committed: real `prepare` output, `entries` commits."""
+    now = int(time.time() * 1000)
+    event = {"type": "xhr", "name": "GET /api/cart", "status": 200, "dur": 120}
+    for e in range(entries):
+        batch = []
+        for r in range(requests):
+            body = orjson.dumps({"v": 1, "app": "recover", "sid": f"recover-{r:05d}",
+                                 "events": [event] * events})  # fmt: skip
+            batch.append((now + e, "10.1.2.3", "Mozilla/5.0", 0, body))
+        records, verdicts, _ = prepare(batch)
+        assert verdicts == [None] * requests
+        store.write(lambda txn, records=records: store.append_records(txn, records))
+    return entries * requests * events
+
+
+def test_readyz_fails_while_recovering_then_sessions_are_back(start_server: StartServer, tmp_path):
+    data_dir = tmp_path / "data"
+    store = Store(data_dir)
+    total = fill_wal(store, entries=100, requests=50, events=40)  # 200k events to replay
+    store.close()
+
+    server = start_server(data_dir=data_dir, port=free_port(), wait=False,
+                          env={"RUMLINE_SESSION_MAX_ACTIONS": "100000"})  # fmt: skip
+    seen: list[tuple[int, object]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            status, body = server.get_json("/readyz")
+        except OSError:
+            time.sleep(0.01)
+            continue
+        if not seen or seen[-1] != (status, body):
+            seen.append((status, body))
+        if status == 200:
+            break
+        time.sleep(0.01)
+    assert seen[0] == (503, {"status": "not_ready", "reasons": ["recovering"]}), seen
+    assert seen[-1] == (200, {"status": "ready"}), seen
+
+    status, body = server.get_json("/api/v1/sessions?app=recover&limit=100")
+    assert status == 200
+    sessions = body["sessions"]  # type: ignore[index]
+    assert len(sessions) == 50
+    assert all(s["live"] for s in sessions)
+    assert sum(s["action_count"] for s in sessions) == total
