@@ -222,6 +222,7 @@ def encode_record(recv_ms: int, ip: str, user_agent: str, flags: int, payload: b
 
 _APP = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _JSON_WS = " \t\r\n"
+_AFTER_SCALAR = _JSON_WS + '"[]{},:'
 
 
 class Rejected(Exception):
@@ -285,8 +286,13 @@ def _has_duplicate_key(beacon: Any) -> bool:
 def _decode_beacons(payload: bytes) -> list[Any]:
     """§1: a sequence of JSON values separated by optional whitespace; exactly one array holds
     the beacons, else every value is one beacon. A bad value is `bad_json` at its index."""
-    # Undecodable bytes become lone surrogates, so they fail where they are, like strict utf-8.
-    text = payload.decode("utf-8", errors="surrogateescape")
+    try:
+        text = payload.decode("utf-8")
+        suspicious = "\\u" in text  # an escaped lone surrogate is possible
+    except UnicodeDecodeError:
+        # Undecodable bytes become lone surrogates, so they fail where they are, as in a
+        # strict UTF-8 parser.
+        text, suspicious = payload.decode("utf-8", errors="surrogateescape"), True
     values: list[Any] = []
     pos = 0
     while True:
@@ -294,11 +300,17 @@ def _decode_beacons(payload: bytes) -> list[Any]:
             pos += 1
         if pos == len(text):
             break
+        start = pos
         try:
             value, pos = _DECODER.raw_decode(text, pos)
-            _check_no_surrogates(value)
+            if suspicious:
+                _check_no_surrogates(value)
         except (ValueError, UnicodeEncodeError) as exc:
             raise Rejected("bad_json", len(values), f"not JSON: {exc}") from exc
+        # Reading (as serde_json's value stream): a number, true, false or null must be followed
+        # by whitespace, a structural character or the end: `5null` is not two values.
+        if text[start] not in '[{"' and pos < len(text) and text[pos] not in _AFTER_SCALAR:
+            raise Rejected("bad_json", len(values), "no separator after a value")
         items = value if isinstance(value, list) else [value]
         if any(_has_duplicate_key(item) for item in items):
             raise Rejected("bad_json", len(values), "a duplicate key")

@@ -1,0 +1,196 @@
+"""Microbenchmark: the Rust sessionizer core vs the pure-Python reference on the same stream.
+
+    .venv/bin/python loadtests/bench_core.py [--quick] [--no-write]
+
+Generates a realistic stream (by default 20 000 sessions of ~10 actions, a few errors, vitals,
+rage clicks and properties, 3 beacons of ~5 events per session, interleaved in time and cut into
+batches of 200 records), then times `Sessionizer.ingest` over every batch plus the final
+`flush` for `collector._core` (best of 3 runs) and for `tests/reference` (one run), in the same
+process on the same bytes. Prints events/s for both and the ratio, checks that both closed the
+same sessions, and replaces the "Sessionizer core vs Python reference" section of
+docs/benchmarks.md (between its markers) unless `--no-write`.
+
+Targets: ≥ 2 M events/s for the core and ≥ 30× the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from collector import _core  # noqa: E402
+from tests.reference import sessionizer as ref  # noqa: E402
+from tests.reference.framing import CHROME_UA, IPAD_UA, IPHONE_UA  # noqa: E402
+
+DOC = REPO / "docs" / "benchmarks.md"
+START, END = "<!-- bench_core:start -->", "<!-- bench_core:end -->"
+TARGET_EVENTS_PER_S = 2_000_000
+TARGET_RATIO = 30
+
+T0 = 1_764_126_000_000
+SETTINGS = {"timeout_ms": 5 * 60_000}  # sessions close while the stream runs
+USER_AGENTS = [
+    CHROME_UA,
+    IPHONE_UA,
+    IPAD_UA,
+    "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Firefox/121.0",
+]
+PAGES = ["/", "/cart", "/cart/checkout", "/product/42", "/search", "/account"]
+BEACONS_PER_SESSION = 3
+
+
+def session_beacons(rng: random.Random, number: int) -> list[tuple[int, str, bytes]]:
+    """The (recv_ms, user agent, payload) of one session's beacons."""
+    sid = f"sid-{number:08d}-{rng.getrandbits(32):08x}"
+    start = T0 + number * 40 + rng.randrange(1000)
+    user_agent = rng.choice(USER_AGENTS)
+    out = []
+    for k in range(BEACONS_PER_SESSION):
+        recv = start + k * rng.randrange(5_000, 60_000)
+        page = "https://shop.example.com" + rng.choice(PAGES)
+        events: list[dict[str, Any]] = [
+            {"type": "load" if i == 0 else rng.choice(("xhr", "custom")),
+             "name": f"action {rng.randrange(20)}", "url": page,
+             "start": recv - 4000 + i * 700, "dur": rng.choice((120, 800, 2900, 3000, 5000, 13000)),
+             **({"status": rng.choice((200, 200, 200, 500)), "method": "GET"} if i else {})}
+            for i in range(rng.choice((3, 3, 4)))
+        ]  # fmt: skip
+        extras: list[dict[str, Any]] = [
+            {"type": "error", "kind": rng.choice(("js", "request")),
+             "message": "TypeError: x is undefined", "start": recv - 1000},
+            {"type": "vital", "name": rng.choice(("LCP", "INP", "CLS")),
+             "value": rng.choice((0.05, 180, 2400, 4200)), "start": recv - 900},
+            {"type": "rage_click", "target": "button#pay", "start": recv - 800},
+            {"type": "property", "key": "plan", "value": rng.choice(("gold", "free"))},
+            {"type": "identify", "user": f"user{number}@example.com"},
+        ]  # fmt: skip
+        events.append(rng.choice(extras))
+        beacon = {"v": 1, "app": rng.choice(("shop", "shop", "blog")), "sid": sid,
+                  "vid": f"visitor-{number}", "seq": k, "sent": recv, "page": {"url": page},
+                  "device": {"screen": "1920x1080"}, "events": events}  # fmt: skip
+        out.append((recv, user_agent, json.dumps(beacon, separators=(",", ":")).encode()))
+    return out
+
+
+def make_stream(
+    sessions: int, batch_records: int, seed: int = 7
+) -> tuple[list[tuple[bytes, int]], int]:
+    """Batches of framed records in receive order, with the `now` to ingest them at."""
+    rng = random.Random(seed)
+    records = [b for n in range(sessions) for b in session_beacons(rng, n)]
+    records.sort(key=lambda r: r[0])
+    events = sum(len(json.loads(payload)["events"]) for _, _, payload in records)
+    batches = []
+    for i in range(0, len(records), batch_records):
+        chunk = records[i : i + batch_records]
+        batch = b"".join(
+            ref.encode_record(recv, "203.0.113.0", ua, 0, payload) for recv, ua, payload in chunk
+        )
+        batches.append((batch, chunk[-1][0]))
+    return batches, events
+
+
+def run(make: Callable[..., Any], batches: list[tuple[bytes, int]]) -> tuple[float, list[str]]:
+    """CPU seconds of this (single) thread for every ingest plus the final flush, and the ids
+    of the closed sessions. CPU time, not wall time, so that other work on a shared machine
+    does not count; the two are equal on an idle one."""
+    sessionizer = make(SETTINGS)
+    closed: list[str] = []
+    began = time.thread_time()
+    for batch, now in batches:
+        closed += [c.session_id for c in sessionizer.ingest(batch, now).closed]
+    closed += [c.session_id for c in sessionizer.flush(batches[-1][1] + 86_400_000).closed]
+    return time.thread_time() - began, closed
+
+
+def rust_version() -> str:
+    try:
+        return subprocess.run(
+            ["rustc", "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "rustc unknown"
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def write_section(text: str) -> None:
+    block = f"{START}\n{text.rstrip()}\n{END}"
+    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if START in doc and END in doc:
+        head, rest = doc.split(START, 1)
+        doc = head + block + rest.split(END, 1)[1]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(doc)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 000 sessions instead of 20 000")
+    parser.add_argument("--no-write", action="store_true", help="do not update the doc")
+    parser.add_argument("--sessions", type=int, help="number of sessions (overrides --quick)")
+    args = parser.parse_args()
+    sessions = args.sessions or (2_000 if args.quick else 20_000)
+
+    batches, events = make_stream(sessions, batch_records=200)
+    records = sessions * BEACONS_PER_SESSION
+    print(
+        f"stream: {sessions} sessions, {records} records, {events} events, {len(batches)} batches"
+    )
+
+    rust_runs = [run(_core.Sessionizer, batches) for _ in range(3)]
+    rust_s = min(seconds for seconds, _ in rust_runs)
+    ref_s, ref_closed = run(ref.Sessionizer, batches)
+    same = sorted(rust_runs[0][1]) == sorted(ref_closed)
+    rust_rate, ref_rate = events / rust_s, events / ref_s
+    ratio = ref_s / rust_s
+    print(f"core      {rust_s * 1000:9.1f} ms  {rust_rate:12,.0f} events/s  (best of 3)")
+    print(f"reference {ref_s * 1000:9.1f} ms  {ref_rate:12,.0f} events/s")
+    print(f"ratio     {ratio:9.1f}x   same closed sessions: {same}")
+    core_ok, ratio_ok = rust_rate >= TARGET_EVENTS_PER_S, ratio >= TARGET_RATIO
+    print(f"targets: core >= 2M events/s {'met' if core_ok else 'MISSED'}, "
+          f">= 30x reference {'met' if ratio_ok else 'MISSED'}")  # fmt: skip
+
+    if not args.no_write:
+        write_section(
+            f"""## Sessionizer core vs Python reference
+
+`loadtests/bench_core.py{" --quick" if args.quick else ""}`: CPU time of `Sessionizer.ingest` over
+every batch plus the final `flush`, same bytes, same thread; the core best of 3 runs, the
+reference one run.
+Stream: {sessions:,} sessions, {records:,} records of one beacon (~5 events), {events:,} events,
+{len(batches)} batches of 200 records, settings `{json.dumps(SETTINGS)}`.
+
+| implementation | time | events/s | target |
+|---|---:|---:|---|
+| `collector._core` (Rust) | {rust_s * 1000:,.1f} ms | {rust_rate:,.0f} | ≥ 2 M: {met(core_ok)} |
+| `tests/reference` (Python) | {ref_s * 1000:,.1f} ms | {ref_rate:,.0f} | — |
+| ratio | {ratio:,.1f}× | | ≥ 30×: {met(ratio_ok)} |
+
+Both closed the same sessions: {"yes" if same else "**no**"}.
+Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; Python
+{platform.python_version()}, {rust_version()}, core {_core.__version__};
+{datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}.
+"""
+        )
+        print(f"updated {DOC.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
