@@ -24,12 +24,16 @@ from tests.reference import sessionizer as ref
 from tests.reference.framing import (
     RECV_MS,
     beacon,
+    custom,
     end,
+    error,
     frame,
     load,
     payload_bytes,
+    rage_click,
     raw_record,
     vital,
+    xhr,
 )
 from tests.reference.streams import SIDS, Step, requests, stream
 
@@ -195,6 +199,39 @@ def test_a_fixed_stream_reaching_every_closing_rule() -> None:
     run_both(config, steps)
 
 
+def test_fixed_edge_cases_match_reference() -> None:
+    """Limits a random stream rarely reaches: 50 properties, 100 action names, 300 resources,
+    every string limit (with PII across the cut and non-ASCII text), boundary numbers."""
+    long_name = "n" * 2040 + " mail daniel.adams@example.com and 4111 1111 1111 1111"
+    wide = "\u00e9\U0001f600" * 1100  # 2200 scalar values, more bytes
+    events = [
+        *({"type": "property", "key": f"p{i}", "value": "v"} for i in range(55)),
+        {"type": "property", "key": "k" * 64, "value": "x" * 600},
+        *({"type": "custom", "name": f"click {i}", "dur": i * 100} for i in range(120)),
+        load(name=long_name, url=wide, timing={"k" * 70: 1, "flag": True, "none": None}),
+        load(resources=[{"url": f"/r/{i}", "size": i, "status": 200 + i} for i in range(305)]),
+        load(start=0, dur=86_400_000),
+        load(start=10**13, dur=0.25),
+        xhr(status=999, method="M" * 300),
+        xhr(status=400, dur=1),
+        error(message="m" * 1100, stack="s" * 9000, kind="request"),
+        rage_click(target="t" * 300, count=7),
+        {"type": "identify", "user": "u" * 300},
+        vital(name="cls", value=0.1),
+        vital(name="cls", value=0.25),
+        vital(name="TTFB", value=1800.5),
+    ]
+    body = beacon(vid="v" * 300, device={"screen": "s" * 300}, page={"url": wide}, events=events)
+    steps: list[Step] = [
+        ("batch", frame(body), RECV_MS),
+        ("live",),
+        ("batch", frame(beacon(sent=RECV_MS + 0.5, events=[custom(start=RECV_MS - 1.5)])), RECV_MS),
+        ("flush", RECV_MS + 10**9),
+    ]
+    run_both({}, steps)
+    run_both({"scrub_pii": False, "max_actions": 500, "mask_ip": False}, steps)
+
+
 # ---- where the Rust core and docs/sessionizer.md disagree -------------------------------------
 # Each test states what the doc says, with the smallest input that shows it, and runs against
 # both implementations: the reference passes, the Rust core fails until it follows the doc.
@@ -253,6 +290,12 @@ def test_doc_3_a_vital_name_is_a_name_truncated_at_2048(core: Any) -> None:
     name = "x" * 100
     (closed,) = closed_after(core(), frame(beacon(events=[vital(name=name)])))
     assert list(json.loads(closed.summary)["vitals"]) == [name.upper()]
+
+
+def test_doc_3_a_rage_click_count_has_no_upper_bound(core: Any) -> None:
+    """§3: `count` integer ≥ 1 (no upper bound is documented)."""
+    result = core().ingest(frame(beacon(events=[rage_click(count=5_000_000_000)])), RECV_MS)
+    assert (result.events, dict(result.dropped)) == (1, {})
 
 
 def test_doc_3_the_end_reason_is_not_truncated(core: Any) -> None:
