@@ -20,8 +20,13 @@ from tests.conftest import ServerProcess, StartServer
 
 pytestmark = pytest.mark.slow
 
-# Long enough that the kill-restart-recover gap never closes a session by inactivity.
-TIMEOUT_ENV = {"RUMLINE_SESSION_TIMEOUT": "5s", "RUMLINE_SESSION_MAX_ACTIONS": "1000000"}
+# Long enough that the kill-restart-recover gap never closes a session by inactivity, even on
+# a loaded machine (checked: see `assert_gap_below_timeout`).
+TIMEOUT_S = 8
+TIMEOUT_ENV = {
+    "RUMLINE_SESSION_TIMEOUT": f"{TIMEOUT_S}s",
+    "RUMLINE_SESSION_MAX_ACTIONS": "1000000",
+}
 
 
 def letters_only(hex_id: str) -> str:
@@ -40,6 +45,7 @@ class Sender(threading.Thread):
         self.sid = uuid.uuid4().hex
         self.tag = letters_only(self.sid)
         self.acked: list[str] = []
+        self.acked_at: list[float] = []
         self.unacked = 0
         self.stop = threading.Event()
         self.conn: http.client.HTTPConnection | None = None
@@ -63,6 +69,7 @@ class Sender(threading.Thread):
             return False
         if response.status == 204:
             self.acked.append(name)
+            self.acked_at.append(time.monotonic())
             return True
         self.unacked += 1
         time.sleep(0.02)
@@ -139,6 +146,8 @@ def check_sessions(
     # Open across the crash: one session that continued after the restart, holding every
     # acknowledged beacon exactly once (an unacknowledged one may or may not be there).
     for sender in senders:
+        parts = [(s["part"], s["end_reason"], s["action_count"]) for s in by_sid[sender.sid]]
+        assert len(parts) == 1, f"session split in parts (part, end_reason, actions): {parts}"
         [session] = by_sid[sender.sid]
         assert session["part"] == 1
         assert session["end_reason"] == "timeout"
@@ -150,6 +159,13 @@ def check_sessions(
         assert set(names) <= set(sender.acked) | {
             f"{sender.tag}:{n}" for n in range(len(sender.acked) + sender.unacked + 1)
         }
+
+
+def assert_gap_below_timeout(senders: list[Sender]) -> None:
+    """The restart must be shorter than the inactivity timeout for sessions to continue."""
+    for sender in senders:
+        gap = max(b - a for a, b in zip(sender.acked_at, sender.acked_at[1:], strict=False))
+        assert gap < TIMEOUT_S - 1, f"the restart took {gap:.1f}s: too slow for this test"
 
 
 def run_senders(senders: list[Sender]) -> None:
@@ -181,6 +197,7 @@ def test_kill_9_mid_load_loses_no_acknowledged_beacon(start_server: StartServer,
     time.sleep(1.0)
     stop_senders(senders)
     assert sum(len(s.acked) for s in senders) > acked_before_kill, "no beacon after restart"
+    assert_gap_below_timeout(senders)
 
     check_sessions(closed_sessions_of(second, app), senders, ended)
 
@@ -209,6 +226,7 @@ def test_sigterm_drains_checkpoints_and_sessions_resume(start_server: StartServe
     assert {s["client_sid"] for s in body["sessions"]} == {s.sid for s in senders}  # type: ignore[index]
     time.sleep(1.0)
     stop_senders(senders)
+    assert_gap_below_timeout(senders)
 
     check_sessions(closed_sessions_of(second, app), senders, ended)
     second.process.send_signal(signal.SIGTERM)
