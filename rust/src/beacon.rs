@@ -696,7 +696,7 @@ fn parse_event(raw: ObjectOr<RawEvent>, scrub: &Scrubber) -> Result<Event, Drop>
                 if value < 0.0 {
                     return Err(Drop::BadEvent);
                 }
-                EventBody::Vital { name: truncate(&name.to_uppercase(), limits::KEY), value }
+                EventBody::Vital { name: truncate(&name.to_uppercase(), limits::URL), value }
             }
             "rage_click" => EventBody::RageClick {
                 target: opt_string(&e.target, limits::SHORT).map_err(bad)?,

@@ -49,32 +49,34 @@ fn truncate_bytes(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Iterates the records of a batch; a damaged record yields `Err` and ends the iteration
-/// (the length prefix can no longer be trusted).
+/// Iterates the records of a batch. A frame whose content is damaged yields `Err` and is
+/// skipped; a length prefix that runs past the batch yields `Err` and ends the iteration
+/// (the next record cannot be found).
 pub struct Records<'a> {
     rest: &'a [u8],
-    failed: bool,
 }
 
 pub fn records(batch: &[u8]) -> Records<'_> {
-    Records { rest: batch, failed: false }
+    Records { rest: batch }
 }
 
 impl<'a> Iterator for Records<'a> {
     type Item = Result<Record<'a>, ()>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() || self.failed {
+        if self.rest.is_empty() {
             return None;
         }
-        let parsed = parse_one(self.rest);
-        if let Some((rec, used)) = parsed {
-            self.rest = &self.rest[used..];
-            Some(Ok(rec))
-        } else {
-            self.failed = true;
-            Some(Err(()))
-        }
+        let mut buf = self.rest;
+        let frame = take(&mut buf, 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .and_then(|len| take(&mut buf, len));
+        let Some(frame) = frame else {
+            self.rest = &[];
+            return Some(Err(()));
+        };
+        self.rest = buf;
+        Some(parse_body(frame).ok_or(()))
     }
 }
 
@@ -91,10 +93,7 @@ fn u16_at(buf: &mut &[u8]) -> Option<usize> {
     take(buf, 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
 }
 
-fn parse_one(batch: &[u8]) -> Option<(Record<'_>, usize)> {
-    let mut buf = batch;
-    let len = take(&mut buf, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)?;
-    let mut body = take(&mut buf, len)?;
+fn parse_body(mut body: &[u8]) -> Option<Record<'_>> {
     let head = take(&mut body, 2)?;
     if head[0] != VERSION {
         return None;
@@ -105,7 +104,7 @@ fn parse_one(batch: &[u8]) -> Option<(Record<'_>, usize)> {
     let ip = std::str::from_utf8(take(&mut body, ip_len)?).ok()?;
     let ua_len = u16_at(&mut body)?;
     let user_agent = std::str::from_utf8(take(&mut body, ua_len)?).ok()?;
-    Some((Record { flags: head[1], recv_ms, ip, user_agent, payload: body }, 4 + len))
+    Some(Record { flags: head[1], recv_ms, ip, user_agent, payload: body })
 }
 
 #[cfg(test)]
@@ -134,8 +133,12 @@ mod tests {
             assert!(got.iter().all(Result::is_err) || cut == 0, "cut {cut}");
         }
         let mut bad = out.clone();
-        bad[4] = 9; // version
-        assert_eq!(records(&bad).collect::<Vec<_>>(), vec![Err(())]);
+        bad[4] = 9; // version: the frame is skipped, the next one still read
+        encode(&mut bad, 0, 8, "", "", b"{}");
+        let got: Vec<_> = records(&bad).collect();
+        assert_eq!(got.len(), 2);
+        assert!(got[0].is_err());
+        assert_eq!(got[1].as_ref().unwrap().recv_ms, 8);
         assert_eq!(records(&[0xff; 3]).count(), 1);
     }
 }
