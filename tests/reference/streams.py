@@ -92,6 +92,10 @@ def thresholds(config: dict[str, Any], kind: str) -> list[float]:
 
 # ---- events ---------------------------------------------------------------------------------
 
+# How long before the client's `sent` an event started: sometimes after it (a client clock
+# running on), sometimes before the duration limit (both are clamped to the receive window).
+START_AGO = st.integers(-5_000, 30_000) | st.sampled_from((200_000,))
+
 # Events that are dropped (bad_event, unknown_type) or odd (kept with a field left out).
 BAD_EVENTS: tuple[Any, ...] = (
     "not an object",
@@ -131,7 +135,7 @@ def action_event(draw: st.DrawFn, config: dict[str, Any], client_now: int) -> di
         "dur": draw(st.sampled_from(thresholds(config, kind)) | st.integers(0, 20_000)),
     }
     if draw(st.integers(0, 9)):
-        event["start"] = client_now - draw(st.integers(0, 30_000))
+        event["start"] = client_now - draw(START_AGO)
     name = draw(st.sampled_from((*NAMES, None, None)))
     if name is not None:
         event["name"] = name
@@ -173,7 +177,7 @@ def other_event(draw: st.DrawFn, client_now: int) -> dict[str, Any]:
     )
     event: dict[str, Any] = {"type": kind}
     if draw(st.integers(0, 9)):
-        event["start"] = client_now - draw(st.integers(0, 30_000))
+        event["start"] = client_now - draw(START_AGO)
     if kind == "error":
         error_kind = draw(st.sampled_from(("js", "request", "custom", "weird", None)))
         if error_kind is not None:
