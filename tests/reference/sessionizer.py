@@ -257,15 +257,30 @@ def _check_no_surrogates(value: Any) -> None:
 
 
 class JsonObject(dict):
-    """A decoded JSON object that remembers whether a key appeared twice (the last value wins)."""
+    """A decoded JSON object that remembers which keys appeared twice (the last value wins)."""
 
-    duplicate_key = False
+    duplicates: frozenset[str] = frozenset()
 
 
 def _object(pairs: list[tuple[str, Any]]) -> JsonObject:
     obj = JsonObject(pairs)
-    obj.duplicate_key = len(obj) != len(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.duplicates = frozenset(k for k, _ in pairs if k in seen or seen.add(k))
     return obj
+
+
+# §1: the keys the core reads, whose duplicates make the request bad_json. Reading: for an
+# event, the fields of every event type (a load with `value` twice is refused too).
+BEACON_KEYS = frozenset(
+    ("v", "app", "sid", "vid", "sent", "user", "synthetic", "page", "device", "events")
+)
+PAGE_KEYS, DEVICE_KEYS = frozenset(("url",)), frozenset(("screen",))
+EVENT_KEYS = frozenset(
+    ("type", "start", "dur", "name", "url", "method", "status", "traceparent", "timing",
+     "resources", "kind", "message", "stack", "value", "target", "count", "user", "key",
+     "reason")
+)  # fmt: skip
 
 
 _DECODER = json.JSONDecoder(
@@ -274,13 +289,15 @@ _DECODER = json.JSONDecoder(
 
 
 def _has_duplicate_key(beacon: Any) -> bool:
-    """§1: a duplicate key in a beacon, its page, its device or one of its events."""
+    """§1: a duplicate of a key the core reads in a beacon, its page, its device or one of its
+    events."""
     if not isinstance(beacon, dict):
         return False
     events = beacon.get("events")
-    parts = [beacon, beacon.get("page"), beacon.get("device")]
-    parts += events if isinstance(events, list) else [events]
-    return any(isinstance(part, JsonObject) and part.duplicate_key for part in parts)
+    parts = [(beacon, BEACON_KEYS), (beacon.get("page"), PAGE_KEYS)]
+    parts += [(beacon.get("device"), DEVICE_KEYS)]
+    parts += [(event, EVENT_KEYS) for event in (events if isinstance(events, list) else [events])]
+    return any(isinstance(part, JsonObject) and part.duplicates & keys for part, keys in parts)
 
 
 def _decode_beacons(payload: bytes) -> list[Any]:
@@ -392,7 +409,7 @@ def prepare(
 LIMITS = {
     "name": 2048, "url": 2048, "page": 2048, "message": 1024, "stack": 8192, "user": 256,
     "property_value": 512, "target": 256, "screen": 256, "method": 256, "vid": 256,
-    "timing_key": 64, "initiator": 64,
+    "reason": 256, "timing_key": 64, "initiator": 64,
 }  # fmt: skip
 MAX_START = 10**13
 MAX_DUR = 86_400_000
@@ -511,7 +528,8 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
         value = raw.get("value")
         if not isinstance(name, str) or not (_is_number(value) and value >= 0):
             raise BadEvent("bad_event")
-        event.update(name=truncate(name, LIMITS["name"]).upper(), value=value)
+        # Reading: upper-cased, then truncated (upper-casing can lengthen: ß → SS).
+        event.update(name=truncate(name.upper(), LIMITS["name"]), value=value)
     elif kind == "rage_click":
         target = _opt(raw, "target", _is_str)
         count = _opt(raw, "count", lambda v: _is_integral(v) and v >= 1)
@@ -532,7 +550,8 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
             raise BadEvent("bad_event")
         event.update(key=key, value=truncate(value, LIMITS["property_value"]))
     else:  # end
-        event.update(reason=_opt(raw, "reason", _is_str))
+        reason = _opt(raw, "reason", _is_str)
+        event.update(reason=None if reason is None else truncate(reason, LIMITS["reason"]))
     return event
 
 
