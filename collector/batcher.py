@@ -72,6 +72,10 @@ class Batcher:
         # the previous one commits is exactly what group commit wants.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="wal-commit")
         self._task: asyncio.Task[None] | None = None
+        self._commit_delay_s = settings.commit_delay_ms / 1000
+        self._last_batch = 0
+        self._window_target = 0
+        self._window_full = asyncio.Event()
 
     @property
     def depth(self) -> int:
@@ -103,6 +107,8 @@ class Batcher:
         self._futures.append(future)
         self._queued_bytes += len(body)
         self._wakeup.set()
+        if self._window_target and len(self._requests) >= self._window_target:
+            self._window_full.set()
         return await future
 
     async def _run(self) -> None:
@@ -114,7 +120,10 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self._commit_delay_s and self._last_batch > 1 and not self._closing:
+                await self._gather_window()
             requests, futures = self._take_batch()
+            self._last_batch = len(requests)
             self._metrics.set_queue_depth(len(self._requests))
             started = time.perf_counter()
             try:
@@ -133,6 +142,22 @@ class Batcher:
                 self._on_commit()
             if len(self._requests) < self._queue_max // 2:
                 self._readiness.set("overloaded", False)
+
+    async def _gather_window(self) -> None:
+        """Under concurrent load, wait up to `commit_delay` for as many requests as the last
+        batch had. Senders whose beacons were just acknowledged send their next ones within
+        a round trip; without this pause they would miss the commit that starts now and the
+        in-flight requests would split into two half-size batches, one fsync each."""
+        if len(self._requests) >= self._last_batch:
+            return
+        self._window_target = self._last_batch
+        self._window_full.clear()
+        try:
+            await asyncio.wait_for(self._window_full.wait(), self._commit_delay_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._window_target = 0
 
     def _take_batch(self) -> tuple[list[Request], list[asyncio.Future[Verdict]]]:
         n = min(len(self._requests), self._batch_max)

@@ -209,6 +209,8 @@ class Settings:
     queue_max_requests: int = _setting("ingest", "queue_max_requests", 20_000, _parse_int)
     batch_max_requests: int = _setting("ingest", "batch_max_requests", 2_000, _parse_int)
     batch_max_bytes: int = _setting("ingest", "batch_max_bytes", 16 << 20, parse_size)
+    # Under concurrent load, how long a commit may wait to gather a full batch (0 = never).
+    commit_delay_ms: int = _setting("ingest", "commit_delay", 0, parse_duration_ms)
     # Token buckets, requests per second (0 = off) and burst size.
     rate_limit_ip: float = _setting("ingest", "rate_limit_ip", 0.0, _parse_float)
     rate_limit_ip_burst: int = _setting("ingest", "rate_limit_ip_burst", 100, _parse_int)
