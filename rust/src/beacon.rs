@@ -654,6 +654,10 @@ fn parse_event(raw: ObjectOr<RawEvent>, scrub: &Scrubber) -> Result<Event, Drop>
         _ => None,
     };
     let body = if let Some(action_type) = action_type {
+        let shape_ok = |raw: Option<&RawValue>, open: char| raw.is_none_or(|r| r.get() == "null" || r.get().starts_with(open));
+        if !shape_ok(e.timing, '{') || !shape_ok(e.resources, '[') {
+            return Err(Drop::BadEvent);
+        }
         let dur = match e.dur.number().map_err(bad)? {
             None => 0.0,
             Some(d) if (0.0..=limits::MAX_DUR).contains(&d) => d,
@@ -679,7 +683,7 @@ fn parse_event(raw: ObjectOr<RawEvent>, scrub: &Scrubber) -> Result<Event, Drop>
     } else {
         match kind.as_ref() {
             "error" => {
-                let kind = match e.kind.string().map_err(bad)? {
+                let kind = match e.kind.str_or_none() {
                     Some("js") => ErrorKind::Js,
                     Some("request") => ErrorKind::Request,
                     _ => ErrorKind::Custom,
