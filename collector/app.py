@@ -38,6 +38,7 @@ from collector.query import setup_query_routes
 from collector.ratelimit import TokenBuckets
 from collector.readiness import Readiness
 from collector.receivers.native import setup_native_routes
+from collector.receivers.otlp import setup_otlp_routes
 from collector.static import setup_agent_route
 from collector.store import Store
 
@@ -103,4 +104,5 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
         setup_query_routes(app)
         setup_native_routes(app)
         setup_agent_route(app)
+        setup_otlp_routes(app)
     return app
