@@ -303,10 +303,31 @@ def test_doc_3_a_vital_name_is_a_name_truncated_at_2048(core: Any) -> None:
     assert list(json.loads(closed.summary)["vitals"]) == [name.upper()]
 
 
-def test_doc_3_a_rage_click_count_has_no_upper_bound(core: Any) -> None:
-    """§3: `count` integer ≥ 1 (no upper bound is documented)."""
-    result = core().ingest(frame(beacon(events=[rage_click(count=5_000_000_000)])), RECV_MS)
-    assert (result.events, dict(result.dropped)) == (1, {})
+@pytest.mark.parametrize(
+    ("count", "dropped"), [(4_294_967_295, {}), (4_294_967_296, {"bad_event": 1})]
+)
+def test_doc_3_a_rage_click_count_is_1_to_u32_max(core: Any, count: int, dropped: dict) -> None:
+    result = core().ingest(frame(beacon(events=[rage_click(count=count)])), RECV_MS)
+    assert dict(result.dropped) == dropped
+
+
+@pytest.mark.parametrize(
+    "field", [{"timing": [1, 2]}, {"resources": {"url": "x"}}], ids=["timing", "resources"]
+)
+def test_doc_3_timing_and_resources_of_the_wrong_type_are_bad_events(
+    core: Any, field: dict[str, Any]
+) -> None:
+    result = core().ingest(frame(beacon(events=[load(**field)])), RECV_MS)
+    assert dict(result.dropped) == {"bad_event": 1}
+
+
+@pytest.mark.parametrize("kind", [5, None, ["js"], "JS", "weird"])
+def test_doc_3_an_error_kind_of_any_other_value_is_custom(core: Any, kind: Any) -> None:
+    sessionizer = core()
+    result = sessionizer.ingest(frame(beacon(events=[error(kind=kind)])), RECV_MS)
+    assert dict(result.dropped) == {}
+    (closed,) = sessionizer.flush(RECV_MS + 10**9).closed
+    assert json.loads(closed.detail)["errors"][0]["kind"] == "custom"
 
 
 def test_doc_3_the_end_reason_is_truncated_at_256(core: Any) -> None:

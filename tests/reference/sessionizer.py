@@ -342,7 +342,7 @@ def _decode_beacons(payload: bytes) -> list[Any]:
 
 
 def _present(beacon: Mapping[str, Any], key: str) -> bool:
-    # Reading: a JSON null is the same as an absent field, everywhere.
+    # §1: a JSON null counts as an absent field (everywhere).
     return beacon.get(key) is not None
 
 
@@ -414,6 +414,7 @@ LIMITS = {
 MAX_START = 10**13
 MAX_DUR = 86_400_000
 MAX_RESOURCES = 300
+MAX_COUNT = 4_294_967_295
 MAX_PROPERTY_KEY = 64
 KNOWN_TYPES = (*ACTION_TYPES, "error", "vital", "rage_click", "identify", "property", "end")
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
@@ -486,10 +487,8 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
         else:
             name = url if url is not None else kind
         method = _opt(raw, "method", _is_str)
-        # §3: only numbers in `timing` and objects in `resources` are kept. Reading: a `timing`
-        # that is not an object or `resources` that is not an array is kept as empty.
-        timing = raw["timing"] if isinstance(raw.get("timing"), dict) else {}
-        resources = raw["resources"] if isinstance(raw.get("resources"), list) else []
+        timing = _opt(raw, "timing", lambda v: isinstance(v, dict)) or {}
+        resources = _opt(raw, "resources", lambda v: isinstance(v, list)) or []
         traceparent = _opt(raw, "traceparent", _is_str)
         trace_id = None
         match = _TRACEPARENT.fullmatch(traceparent) if traceparent is not None else None
@@ -515,7 +514,7 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
             trace_id=trace_id,
         )
     elif kind == "error":
-        error_kind = _opt(raw, "kind", _is_str)
+        error_kind = raw.get("kind")  # anything else, of any type → custom
         message = _opt(raw, "message", _is_str)
         stack = _opt(raw, "stack", _is_str)
         event.update(
@@ -532,7 +531,7 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
         event.update(name=truncate(name.upper(), LIMITS["name"]), value=value)
     elif kind == "rage_click":
         target = _opt(raw, "target", _is_str)
-        count = _opt(raw, "count", lambda v: _is_integral(v) and v >= 1)
+        count = _opt(raw, "count", lambda v: _is_integral(v) and 1 <= v <= MAX_COUNT)
         event.update(
             target=None if target is None else truncate(target, LIMITS["target"]),
             count=3 if count is None else count,
@@ -706,10 +705,7 @@ class Sessionizer:
     # ---- public API -------------------------------------------------------------------------
 
     def ingest(self, batch: bytes, now_ms: int) -> IngestResult:
-        """Apply the records, then close what is due at `now_ms` exactly as `flush(now_ms)`.
-
-        Reading: the doc gives `ingest` a clock but does not say what it does with it.
-        """
+        """§5: apply the records in order, then do exactly what `flush(now_ms)` does."""
         result = IngestResult()
         dropped: Counter[str] = Counter()
         for index, record in enumerate(parse_records(batch)):
