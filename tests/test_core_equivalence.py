@@ -296,6 +296,19 @@ def test_doc_1_a_duplicate_key_in_an_event(core: Any, duplicated: str, reason: s
     assert [tuple(r) for r in result.rejected] == ([(0, 0, reason)] if reason else [])
 
 
+def test_duplicates_inside_timing_and_resources(core: Any) -> None:
+    """§1: inside `timing` the last value of a key wins. Not in the doc (the core's choice): a
+    resource entry with a duplicate of a field the core reads is skipped."""
+    event = (
+        '{"type": "load", "timing": {"ttfb": 1, "ttfb": 2},'
+        ' "resources": [{"url": "/a", "url": "/b"}, {"url": "/c", "x": 1, "x": 2}]}'
+    )
+    body = json.dumps(beacon()).replace('"events": []', f'"events": [{event}]')
+    (closed,) = closed_after(core(), frame(body))
+    (action,) = json.loads(closed.detail)["actions"]
+    assert (action["timings"], action["resources"]) == ({"ttfb": 2}, [{"url": "/c"}])
+
+
 def test_doc_3_a_vital_name_is_a_name_truncated_at_2048(core: Any) -> None:
     """§3: "names, URLs and page 2048" (64 is for timing keys and resource initiators)."""
     name = "x" * 100

@@ -506,8 +506,9 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
                 for key, value in timing.items()
                 if _is_number(value)
             },
-            # Reading: non-object entries are skipped; the first 300 objects are kept.
-            resources=[parse_resource(r, scrub) for r in resources if isinstance(r, dict)][
+            # Reading: non-object entries, and entries with a duplicate of a field the core
+            # reads, are skipped; the first 300 of the others are kept.
+            resources=[parse_resource(r, scrub) for r in resources if _usable_resource(r)][
                 :MAX_RESOURCES
             ],
             traceparent=traceparent,
@@ -552,6 +553,14 @@ def parse_event(raw: Any, scrub: Scrubber) -> dict[str, Any]:
         reason = _opt(raw, "reason", _is_str)
         event.update(reason=None if reason is None else truncate(reason, LIMITS["reason"]))
     return event
+
+
+RESOURCE_KEYS = frozenset(("url", "initiator", "start", "dur", "status", "size"))
+
+
+def _usable_resource(raw: Any) -> bool:
+    duplicates = raw.duplicates if isinstance(raw, JsonObject) else frozenset()
+    return isinstance(raw, dict) and not duplicates & RESOURCE_KEYS
 
 
 def parse_resource(raw: Mapping[str, Any], scrub: Scrubber) -> dict[str, Any]:
