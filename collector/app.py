@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.log import access_logger
 
 from collector.appkeys import (
     BATCHER,
@@ -32,11 +34,12 @@ from collector.appkeys import (
 from collector.batcher import Batcher
 from collector.config import Settings
 from collector.health import setup_health_routes
-from collector.metrics import Metrics, setup_metrics_route
+from collector.metrics import Metrics, metrics_handler
 from collector.pipeline import Pipeline
 from collector.query import setup_query_routes
 from collector.ratelimit import TokenBuckets
 from collector.readiness import Readiness
+from collector.receivers.faro import setup_faro_routes
 from collector.receivers.native import setup_native_routes
 from collector.receivers.otlp import setup_otlp_routes
 from collector.static import setup_agent_route
@@ -45,6 +48,20 @@ from collector.store import Store
 log = logging.getLogger(__name__)
 
 Role = Literal["both", "front", "sessionizer"]
+
+
+class RequestTimer(AbstractAccessLogger):
+    """Feeds `rumline_request_duration_seconds{route}` from the request time aiohttp measures
+    for its access log. One call per request, where any middleware takes aiohttp off its
+    fast path: with `metrics.setup_metrics_route`'s middleware the collector answered ~25%
+    fewer beacons per second (measured with loadtests/bench_ingest.py's client)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        metrics = request.app.get(METRICS) if isinstance(request, web.Request) else None
+        if metrics is None:
+            return
+        resource = request.match_info.route.resource
+        metrics.observe_request(resource.canonical if resource is not None else "unmatched", time)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -87,6 +104,9 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
             "auto_decompress": False,
             # aiohttp's request-line limit is 8 KiB; `GET /beacon?d=` carries a whole beacon.
             "max_line_size": settings.max_body_bytes + 4096,
+            # No access log lines (they would cost more than a beacon); the timer only.
+            "access_log_class": RequestTimer,
+            "access_log": access_logger,
         },
     )
     app[SETTINGS] = settings
@@ -100,9 +120,10 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
         if settings.rate_limit_ip > 0:
             app[IP_LIMITS] = TokenBuckets(settings.rate_limit_ip, settings.rate_limit_ip_burst)
         setup_health_routes(app)
-        setup_metrics_route(app)
+        app.router.add_get("/metrics", metrics_handler, name="metrics")
         setup_query_routes(app)
         setup_native_routes(app)
         setup_agent_route(app)
         setup_otlp_routes(app)
+        setup_faro_routes(app)
     return app

@@ -8,6 +8,7 @@ the `reason` label of `rumline_beacons_rejected_total`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 
@@ -83,12 +84,28 @@ async def read_body(request: web.Request, max_body: int, max_decompressed: int) 
     to the bytes on the wire and inflating stops at `max_decompressed`: a small gzip bomb
     never becomes a large buffer.
     """
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
-        raise Rejected(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not gzip")
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None:
+        encoding = encoding.strip().lower()
+        if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+            message = f"Content-Encoding {encoding!r} is not gzip"
+            raise Rejected(415, "unsupported_encoding", message)
     length = request.content_length
-    if length is not None and length > max_body:
-        raise Rejected(413, "too_large", f"body of {length} bytes is over {max_body} bytes")
+    if length is not None:
+        if length > max_body:
+            raise Rejected(413, "too_large", f"body of {length} bytes is over {max_body} bytes")
+        try:  # the common case: one await for a body of known size
+            body = await request.content.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise Rejected(400, "incomplete_body", "the body is shorter than its length") from None
+    else:
+        body = await _read_chunked(request, max_body)
+    if encoding in (None, "", "identity"):
+        return body
+    return inflate(body, max_decompressed)
+
+
+async def _read_chunked(request: web.Request, max_body: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.readany():
@@ -96,10 +113,7 @@ async def read_body(request: web.Request, max_body: int, max_decompressed: int) 
         if size > max_body:
             raise Rejected(413, "too_large", f"body is over {max_body} bytes")
         chunks.append(chunk)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if encoding in ("", "identity"):
-        return body
-    return inflate(body, max_decompressed)
+    return b"".join(chunks)
 
 
 def inflate(body: bytes, limit: int) -> bytes:
