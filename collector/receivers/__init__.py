@@ -95,7 +95,7 @@ async def read_body(request: web.Request, max_body: int, max_decompressed: int) 
         if length > max_body:
             raise Rejected(413, "too_large", f"body of {length} bytes is over {max_body} bytes")
         try:  # the common case: one await for a body of known size
-            body = await request.content.readexactly(length)
+            body = await request.content.readexactly(length) if length else b""
         except asyncio.IncompleteReadError:
             raise Rejected(400, "incomplete_body", "the body is shorter than its length") from None
     else:
