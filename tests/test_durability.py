@@ -5,6 +5,7 @@ may be lost or duplicated, and sessions open at the restart must continue (same 
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import threading
 import time
@@ -245,3 +246,32 @@ def assert_wal_consumed(data_dir: Path) -> None:
         assert store.sessionizer_status()["state"] == "stopped"  # type: ignore[index]
     finally:
         store.close()
+
+
+def test_a_dead_sessionizer_is_restarted_and_catches_up(start_server: StartServer):
+    """--workers 2: kill -9 the sessionizer process alone. Fronts keep acknowledging (the WAL
+    is the queue), /readyz says so, the supervisor restarts it and it catches up."""
+    server = start_server(env=TIMEOUT_ENV, workers=2)
+    store = Store(server.data_dir)
+    try:
+        pid = store.sessionizer_status()["pid"]  # type: ignore[index]
+        os.kill(pid, signal.SIGKILL)
+        app = f"orphan-{uuid.uuid4().hex[:6]}"
+        sender = Sender(server.port, app)
+        for n in range(20):
+            assert sender.send(n)
+        sender.close()
+        deadline = time.monotonic() + 30
+        states = []
+        while time.monotonic() < deadline:
+            status, body = server.get_json("/readyz")
+            states.append(status)
+            if status == 200 and store.sessionizer_status()["pid"] != pid:  # type: ignore[index]
+                break
+            time.sleep(0.05)
+        assert states[-1] == 200 and 503 in states, states
+    finally:
+        store.close()
+    sessions = closed_sessions_of(server, app)
+    assert [sorted(action_names(s)) for s in sessions] == [sorted(sender.acked)]
+    assert "child exited; restarting it" in server.log()
