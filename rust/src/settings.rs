@@ -66,7 +66,18 @@ fn check_thresholds(what: &str, th: Thresholds) -> Result<(), CoreError> {
 impl Settings {
     /// Parses and validates settings given as a JSON object (`{}` = all defaults).
     pub fn from_json(text: &str) -> Result<Settings, CoreError> {
-        let s: Settings = serde_json::from_str(text).map_err(|e| CoreError::Settings(e.to_string()))?;
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let s: Settings = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // serde's message ends with "at line 1 column N": useless for a dict from Python
+            let inner = inner.split(" at line ").next().unwrap_or_default().to_owned();
+            if path == "." {
+                CoreError::Settings(inner)
+            } else {
+                CoreError::Settings(format!("{path}: {inner}"))
+            }
+        })?;
         s.validate()?;
         Ok(s)
     }
@@ -136,7 +147,10 @@ mod tests {
         assert!(Settings::from_json(r#"{"apdex": {"load": {"t": 5000, "f": 100}}}"#).is_err());
         assert!(Settings::from_json(r#"{"frustrated_ratio": 1.5}"#).is_err());
         assert!(Settings::from_json(r#"{"scrub_patterns": ["("]}"#).is_err());
-        assert!(Settings::from_json(r#"{"timeout_ms": -1}"#).is_err());
+        let e = Settings::from_json(r#"{"timeout_ms": -1}"#).unwrap_err().to_string();
+        assert!(e.contains("timeout_ms"), "{e}");
+        let e = Settings::from_json(r#"{"apdex": {"xhr": {"t": 1000}}}"#).unwrap_err().to_string();
+        assert!(e.contains("apdex.xhr") && e.contains("`f`"), "{e}");
     }
 
     #[test]
