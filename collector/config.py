@@ -11,6 +11,8 @@ form. Durations are written `500ms`, `2s`, `30m`, `6h`, `1d`; sizes `65536`, `64
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import os
 import re
 import tomllib
@@ -216,6 +218,9 @@ class Settings:
     rate_limit_ip_burst: int = _setting("ingest", "rate_limit_ip_burst", 100, _parse_int)
     rate_limit_app: float = _setting("ingest", "rate_limit_app", 0.0, _parse_float)
     rate_limit_app_burst: int = _setting("ingest", "rate_limit_app_burst", 1_000, _parse_int)
+    # Load balancers / proxies (IPs or CIDRs) whose X-Forwarded-For is believed: the client
+    # address is then the right-most one in it that is not such a proxy. Empty: the peer.
+    trusted_proxies: tuple[str, ...] = _setting("ingest", "trusted_proxies", (), _parse_list)
 
     # [session] — the core's rules (docs/sessionizer.md §8)
     session_timeout_ms: int = _setting(
@@ -253,6 +258,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @functools.cached_property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
 
     def core_settings(self) -> dict[str, Any]:
         """The `Sessionizer` settings (docs/sessionizer.md §8); unset tables keep the core's."""
@@ -314,6 +323,11 @@ def _validate(s: Settings) -> None:
         "[ingest] batch_max_bytes is smaller than max_large_body",
     )
     check(s.rate_limit_ip >= 0 and s.rate_limit_app >= 0, "[ingest] rate limits must be >= 0")
+    for proxy in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"[ingest] trusted_proxies: {proxy!r} is not an IP or CIDR") from None
     check(
         s.rate_limit_ip_burst >= 1 and s.rate_limit_app_burst >= 1,
         "[ingest] rate limit bursts must be at least 1",

@@ -326,3 +326,27 @@ def test_full_queue_is_503_with_retry_after_and_nothing_acknowledged_is_lost(
 def test_healthz_and_readyz(shared_server: ServerProcess):
     assert shared_server.get_json("/healthz") == (200, {"status": "ok"})
     assert shared_server.get_json("/readyz") == (200, {"status": "ready"})
+
+
+# --- client address --------------------------------------------------------------------------
+
+
+def ip_of_session(server: ServerProcess, app: str, headers: dict[str, str]) -> str:
+    assert server.request("POST", "/beacon", orjson.dumps(beacon(app)), headers)[0] == 204
+    [session] = wait_for_sessions(server, app, 1)
+    return session["ip"]
+
+
+def test_x_forwarded_for_is_ignored_unless_the_proxy_is_trusted(shared_server: ServerProcess):
+    forwarded = {"X-Forwarded-For": "203.0.113.77"}
+    assert ip_of_session(shared_server, unique_app("xff"), forwarded) == "127.0.0.0"
+
+
+def test_x_forwarded_for_from_a_trusted_proxy(start_server: StartServer):
+    server = start_server(env={"RUMLINE_INGEST_TRUSTED_PROXIES": "127.0.0.0/8, 10.0.0.0/8"})
+    # The right-most untrusted hop is the client; what it claims about hops before it is not.
+    chain = {"X-Forwarded-For": "198.51.100.1, 203.0.113.77, 10.1.2.3"}
+    assert ip_of_session(server, unique_app("xff"), chain) == "203.0.113.0"
+    assert ip_of_session(server, unique_app("xff"), {}) == "127.0.0.0"
+    garbage = {"X-Forwarded-For": "not-an-address"}
+    assert ip_of_session(server, unique_app("xff"), garbage) == "127.0.0.0"

@@ -9,6 +9,7 @@ the `reason` label of `rumline_beacons_rejected_total`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 import zlib
 
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from collector.appkeys import BATCHER, METRICS, SETTINGS
 from collector.batcher import Overloaded, StorageError
+from collector.config import Settings
 
 # Headers a beacon may carry cross-origin (the preflight echoes what the browser asks for).
 CORS_ALLOW_HEADERS = "Content-Type, Content-Encoding"
@@ -130,6 +132,33 @@ def inflate(body: bytes, limit: int) -> bytes:
     return data
 
 
+def client_ip(request: web.Request, settings: Settings) -> str:
+    """The client's address: the peer, or behind a trusted proxy the right-most address of
+    X-Forwarded-For that is not itself a trusted proxy (the left part is client-written)."""
+    peer = request.remote or ""
+    networks = settings.trusted_networks
+    if not networks or not _within(peer, networks):
+        return peer
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", ()) for h in v.split(",")]
+    for hop in reversed(hops):
+        if not _within(hop, networks):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage where an address should be: trust nothing in it
+    return hops[0] if hops else peer
+
+
+def _within(
+    address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
 def client_flags(request: web.Request, respect_dnt: bool) -> int:
     if respect_dnt and (request.headers.get("DNT") == "1" or request.headers.get("Sec-GPC") == "1"):
         return FLAG_DNT
@@ -145,7 +174,7 @@ async def accept(request: web.Request, receiver: str, recv_ms: int, body: bytes)
     `Rejected` with the core's verdict, or for overload / storage failure (503)."""
     batcher = request.app[BATCHER]
     settings = request.app[SETTINGS]
-    ip = request.remote or ""
+    ip = client_ip(request, settings)
     user_agent = request.headers.get("User-Agent", "")
     flags = client_flags(request, settings.respect_dnt)
     try:
@@ -167,6 +196,7 @@ __all__ = [
     "Rejected",
     "accept",
     "client_flags",
+    "client_ip",
     "cors_headers",
     "error_response",
     "now_ms",

@@ -20,6 +20,7 @@ from collector.appkeys import IP_LIMITS, METRICS, SETTINGS
 from collector.receivers import (
     Rejected,
     accept,
+    client_ip,
     cors_headers,
     error_response,
     now_ms,
@@ -52,7 +53,7 @@ def check_rate(request: web.Request) -> None:
     limits = request.app.get(IP_LIMITS)
     if limits is None:
         return
-    wait = limits.take(request.remote or "")
+    wait = limits.take(client_ip(request, request.app[SETTINGS]))
     if wait:
         retry_after = str(max(1, round(wait + 0.5)))
         raise Rejected(429, "rate_limited", "too many beacons from this address",
