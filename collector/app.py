@@ -80,7 +80,9 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PIPELINE] = pipeline
     pipeline.start()
     yield
-    await pipeline.close(settings.shutdown_timeout_ms / 1000)
+    # Within the shutdown budget, after in-flight requests (half of it) and the last commit.
+    # What it cannot consume in time stays in the WAL and is replayed at the next start.
+    await pipeline.close(settings.shutdown_timeout_ms / 1000 * 0.4)
 
 
 async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
