@@ -23,6 +23,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.log import access_logger
 
 from collector.appkeys import (
+    APP_LIMITS,
     BATCHER,
     IP_LIMITS,
     METRICS,
@@ -120,6 +121,8 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
         app.cleanup_ctx.append(_batcher_ctx)
         if settings.rate_limit_ip > 0:
             app[IP_LIMITS] = TokenBuckets(settings.rate_limit_ip, settings.rate_limit_ip_burst)
+        if settings.rate_limit_app > 0:
+            app[APP_LIMITS] = TokenBuckets(settings.rate_limit_app, settings.rate_limit_app_burst)
         setup_health_routes(app)
         app.router.add_get("/metrics", metrics_handler, name="metrics")
         setup_query_routes(app)

@@ -27,5 +27,7 @@ BATCHER: web.AppKey[Batcher] = web.AppKey("batcher")
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
 # Per-client-IP token buckets of the receivers; absent when the limit is off.
 IP_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("ip_limits")
+# Per-app token buckets; absent when that limit is off.
+APP_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("app_limits")
 # Why /readyz fails right now (recovering, overloaded, draining), shared by the roles.
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")

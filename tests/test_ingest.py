@@ -297,6 +297,19 @@ def test_rate_limit_is_429_with_retry_after(start_server: StartServer):
     assert int(statuses[4][1]["retry-after"]) >= 1
 
 
+def test_per_app_rate_limit(start_server: StartServer):
+    server = start_server(env={
+        "RUMLINE_INGEST_RATE_LIMIT_APP": "0.5", "RUMLINE_INGEST_RATE_LIMIT_APP_BURST": "2",
+    })  # fmt: skip
+    noisy, quiet = unique_app("noisy"), unique_app("quiet")
+    statuses = [server.request("POST", "/beacon", orjson.dumps(beacon(noisy))) for _ in range(3)]
+    assert [s[0] for s in statuses[:2]] == [204, 204]
+    assert_error(statuses[2], 429, "rate_limited")
+    assert server.request("POST", "/beacon", orjson.dumps(beacon(quiet)))[0] == 204
+    get = "/beacon?d=" + quote(orjson.dumps(beacon(noisy)).decode())
+    assert_error(server.request("GET", get), 429, "rate_limited")
+
+
 def test_full_queue_is_503_with_retry_after_and_nothing_acknowledged_is_lost(
     start_server: StartServer,
 ):

@@ -12,11 +12,12 @@ validates them once per group-commit batch.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from collector.appkeys import IP_LIMITS, METRICS, SETTINGS
+from collector.appkeys import APP_LIMITS, IP_LIMITS, METRICS, SETTINGS
 from collector.receivers import (
     Rejected,
     accept,
@@ -36,6 +37,7 @@ RAW_TYPES = frozenset(
     {"text/plain", "application/json", "application/x-ndjson", "application/octet-stream"}
 )
 FORM_TYPE = "application/x-www-form-urlencoded"
+_APP_FIELD = re.compile(rb'"app"\s*:\s*"([A-Za-z0-9._-]{1,64})"')
 
 
 def form_field_d(body: bytes) -> bytes:
@@ -47,6 +49,26 @@ def form_field_d(body: bytes) -> bytes:
     if body.lstrip()[:1] in (b"{", b"["):
         return body
     raise Rejected(400, "missing_d", "form body has no field `d`")
+
+
+def check_app_rate(request: web.Request, app: str) -> None:
+    """The per-app token bucket (`ingest.rate_limit_app`); raises `Rejected` (429)."""
+    limits = request.app.get(APP_LIMITS)
+    if limits is None:
+        return
+    wait = limits.take(app)
+    if wait:
+        retry_after = str(max(1, round(wait + 0.5)))
+        raise Rejected(429, "rate_limited", f"too many beacons for app {app!r}",
+                       {"Retry-After": retry_after})  # fmt: skip
+
+
+def _check_native_app_rate(request: web.Request, body: bytes) -> None:
+    # The JSON is parsed once, by the core, per batch; for the rate limit (off by default)
+    # the first `"app": "…"` of the body is enough. A client can only move itself to
+    # another app's bucket this way; the per-IP limit still holds.
+    if APP_LIMITS in request.app and (match := _APP_FIELD.search(body)):
+        check_app_rate(request, match.group(1).decode())
 
 
 def check_rate(request: web.Request) -> None:
@@ -76,6 +98,7 @@ async def beacon_post(request: web.Request) -> web.Response:
                                f"Content-Type {request.content_type!r} is not text/plain, "
                                f"application/json or {FORM_TYPE}")  # fmt: skip
             body = form_field_d(body)
+        _check_native_app_rate(request, body)
         await accept(request, RECEIVER, recv_ms, body)
     except Rejected as rejected:
         metrics.beacon_rejected(RECEIVER, rejected.code)
@@ -99,6 +122,7 @@ async def beacon_get(request: web.Request) -> web.Response:
         body = d.encode()
         if len(body) > settings.max_body_bytes:
             raise Rejected(413, "too_large", f"`d` is over {settings.max_body_bytes} bytes")
+        _check_native_app_rate(request, body)
         await accept(request, RECEIVER, recv_ms, body)
     except Rejected as rejected:
         metrics.beacon_rejected(RECEIVER, rejected.code)
