@@ -40,6 +40,7 @@ from collector.pipeline import Pipeline
 from collector.query import setup_query_routes
 from collector.ratelimit import TokenBuckets
 from collector.readiness import Readiness
+from collector.receivers.faro import setup_faro_routes
 from collector.receivers.native import setup_native_routes
 from collector.receivers.otlp import setup_otlp_routes
 from collector.static import setup_agent_route
@@ -129,4 +130,5 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
         setup_native_routes(app)
         setup_agent_route(app)
         setup_otlp_routes(app)
+        setup_faro_routes(app)
     return app

@@ -218,6 +218,8 @@ class Settings:
     rate_limit_ip_burst: int = _setting("ingest", "rate_limit_ip_burst", 100, _parse_int)
     rate_limit_app: float = _setting("ingest", "rate_limit_app", 0.0, _parse_float)
     rate_limit_app_burst: int = _setting("ingest", "rate_limit_app_burst", 1_000, _parse_int)
+    # Grafana Faro's `apiKey`: when set, `/collect` requires it in the `x-api-key` header.
+    faro_api_key: str | None = _setting("ingest", "faro_api_key", None, _parse_optional_str)
     # Load balancers / proxies (IPs or CIDRs) whose X-Forwarded-For is believed: the client
     # address is then the right-most one in it that is not such a proxy. Empty: the peer.
     trusted_proxies: tuple[str, ...] = _setting("ingest", "trusted_proxies", (), _parse_list)

@@ -163,6 +163,28 @@ def chunks(beacons: list[dict[str, Any]], max_events: int) -> Iterator[list[dict
         yield batch
 
 
+# How far behind the receive time an agent's latest item may be for its clock to be taken as
+# right (see `trust_client_clock`).
+CLOCK_TRUST_MS = 600_000
+
+
+def trust_client_clock(beacons: list[dict[str, Any]], recv_ms: int) -> None:
+    """Set each converted beacon's `sent` (docs/sessionizer.md §4) for agents that send no
+    send time. The converters put the latest client time of the beacon's items there.
+
+    If that time is plausible for a client whose clock is right (not ahead of the receive
+    time, at most 10 minutes behind: a batch waits that long at most), the client clock is
+    trusted (`sent` = receive time, offset 0): beacons of one session then keep their real
+    order, whatever each one waited in the agent's queue. Otherwise the clock is off and the
+    latest item is taken as sent just now, which corrects the skew; a beacon's own items keep
+    their relative times either way. Closing rules never use client times.
+    """
+    for beacon in beacons:
+        latest = beacon.get("sent")
+        if isinstance(latest, int) and recv_ms - CLOCK_TRUST_MS <= latest <= recv_ms + 1_000:
+            beacon["sent"] = recv_ms
+
+
 async def submit_beacons(
     request: web.Request, receiver: str, recv_ms: int, beacons: list[dict[str, Any]]
 ) -> None:
@@ -173,6 +195,7 @@ async def submit_beacons(
     accepted chunks twice: at-least-once, never lost.
     """
     max_events = request.app[SETTINGS].max_events
+    trust_client_clock(beacons, recv_ms)
     bodies = [orjson.dumps(chunk) for chunk in chunks(beacons, max_events)]
     results = await asyncio.gather(
         *(accept(request, receiver, recv_ms, body) for body in bodies), return_exceptions=True

@@ -96,3 +96,17 @@ def rejected_total(server: ServerProcess, receiver: str) -> float:
         if line.startswith("rumline_beacons_rejected_total{") and f'receiver="{receiver}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def closed_parts(server: ServerProcess, app: str, client_sid: str, timeout: float = 20.0) -> list:
+    """The details of every part of a client session, once all are closed (agents without an
+    end event: the collector's inactivity timeout ends them; a pause longer than the timeout
+    in the middle makes a second part)."""
+
+    def all_closed() -> list[dict] | None:
+        mine = [s for s in sessions(server, app=app) if s["client_sid"] == client_sid]
+        return mine if mine and not any(s["live"] for s in mine) else None
+
+    parts = wait_for(all_closed, timeout, f"every part of session {client_sid} closed")
+    details = [server.get_json(f"/api/v1/sessions/{p['session_id']}")[1] for p in parts]
+    return sorted(details, key=lambda d: d["part"])

@@ -131,6 +131,9 @@ class Shop:
 
     agent_html: Callable[[Shop], str]
     calls: list[ApiCall] = field(default_factory=list)
+    # Bodies POSTed to /record/… (an agent pointed at the shop instead of the collector, to
+    # see what it really sends).
+    recorded: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
 
     def __enter__(self) -> Shop:
@@ -171,8 +174,22 @@ class Shop:
                     self._send(404, b'{"error":"not found"}', "application/json")
                 return True
 
+            def do_OPTIONS(self) -> None:  # noqa: N802
+                self.send_response(204)
+                self.send_header("Access-Control-Allow-Origin", self.headers.get("Origin", "*"))
+                self.send_header("Access-Control-Allow-Methods", "POST, GET, OPTIONS")
+                self.send_header("Access-Control-Allow-Headers",
+                                 self.headers.get("Access-Control-Request-Headers", "*"))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_POST(self) -> None:  # noqa: N802 - the http.server hook name
-                if not self._api():
+                if self.path.startswith("/record/"):
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    shop.recorded.append((self.path, {k.lower(): v for k, v in
+                                                      self.headers.items()}, body))
+                    self._send(202, b"{}", "application/json")
+                elif not self._api():
                     self._send(405, b"", "text/plain")
 
             def do_GET(self) -> None:  # noqa: N802
