@@ -117,6 +117,16 @@ class Pipeline:
         self._executor.shutdown(wait=True)
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except Exception:
+            # Acknowledged beacons stay in the WAL; this process must not get traffic until
+            # an operator looks (a checkpoint the core cannot restore, a broken disk).
+            log.exception("sessionizer failed")
+            self._readiness.set("sessionizer_failed")
+            raise
+
+    async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         run = self._executor
         started = time.monotonic()
@@ -200,6 +210,8 @@ class Pipeline:
         outcome = StepOutcome()
         entries, outcome.more = self._store.read_wal(self._pos, READ_MAX_BYTES)
         outcome.entries = len(entries)
+        # The position advances with each core call that returned, so that a failure part
+        # way never feeds the core the same records twice.
         chunk: list[bytes] = []
         for seq, kind, payload in entries:
             if kind == RECORDS:
@@ -208,12 +220,15 @@ class Pipeline:
                 if chunk:
                     outcome.results.append(self._ingest(chunk))
                     chunk = []
+                self._pos = seq - 1
                 self._clock = U64.unpack(payload)[0]
                 outcome.results.append(self._core.flush(self._clock))
             else:
                 log.warning(
                     "skipping a WAL entry of unknown kind", extra={"seq": seq, "kind": kind}
                 )
+            if not chunk:
+                self._pos = seq
         if chunk:
             outcome.results.append(self._ingest(chunk))
         if entries:
