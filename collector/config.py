@@ -363,7 +363,8 @@ def _fields() -> list[dataclasses.Field[Any]]:
 def env_names(f: dataclasses.Field[Any]) -> list[str]:
     """The environment variables of one setting, the one that wins first."""
     long = f"RUMLINE_{f.metadata['section']}_{f.metadata['key']}".upper()
-    return [f.metadata["env"], long] if f.metadata["env"] else [long]
+    short = f.metadata["env"]
+    return [short, long] if short and short != long else [long]
 
 
 def load_settings(
