@@ -182,3 +182,18 @@ def test_bad_apdex_thresholds(tmp_path: Path):
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_every_setting_is_documented():
+    """docs/configuration.md has a row for every setting, with its TOML key and variable."""
+    import dataclasses
+
+    from collector.config import env_names
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `[")]
+    for f in dataclasses.fields(Settings):
+        key = f"`[{f.metadata['section']}] {f.metadata['key']}`"
+        [row] = [r for r in rows if r.startswith(f"| {key} |")] or [None]
+        assert row is not None, f"{key} is not in docs/configuration.md"
+        assert f"`{env_names(f)[0]}`" in row, f"{key}: its variable {env_names(f)[0]} is not"
