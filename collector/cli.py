@@ -35,6 +35,9 @@ log = logging.getLogger("collector")
 
 # How the supervisor of `--workers N` tells a child to drain and exit.
 CHILD_STOP_SIGNAL = signal.SIGUSR2
+# A child that exits this soon after its start, this many times in a row, is not restarted.
+QUICK_EXIT_S = 3.0
+MAX_QUICK_EXITS = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,27 +175,35 @@ def supervise(settings: Settings) -> int:
     children: dict[tuple[Role, int], BaseProcess] = {("sessionizer", 0): start("sessionizer", 0)}
     for i in range(settings.workers):
         children[("front", i)] = start("front", i)
-    restarts: dict[tuple[Role, int], float] = {}
+    started_at = dict.fromkeys(children, time.monotonic())
+    quick_exits = dict.fromkeys(children, 0)
+    failed = False
     try:
         while not stopping:
             time.sleep(0.1)
             for key, process in list(children.items()):
                 if process.is_alive() or stopping:
                     continue
+                mark_process_dead(process.pid or 0)
+                lived = time.monotonic() - started_at[key]
+                quick_exits[key] = quick_exits[key] + 1 if lived < QUICK_EXIT_S else 0
+                if quick_exits[key] >= MAX_QUICK_EXITS:  # e.g. the port is taken, a bad store
+                    log.error("child keeps exiting at start; giving up",
+                              extra={"role": key[0], "exit_code": process.exitcode})  # fmt: skip
+                    stopping = failed = True
+                    break
                 log.error("child exited; restarting it",
                           extra={"role": key[0], "child_pid": process.pid,
                                  "exit_code": process.exitcode})  # fmt: skip
-                mark_process_dead(process.pid or 0)
-                # Back off when a child keeps dying (a bad disk, a corrupt store).
-                time.sleep(min(5.0, restarts.get(key, 0.0)))
-                restarts[key] = min(5.0, restarts.get(key, 0.0) * 2 or 0.1)
+                time.sleep(0.1 * 2 ** quick_exits[key])  # back off while it keeps failing
                 children[key] = start(*key)
+                started_at[key] = time.monotonic()
         log.info("stopping children")
         timeout_s = settings.shutdown_timeout_ms / 1000 + 1
         fronts = [p for (role, _), p in children.items() if role == "front"]
         code = _stop(fronts, timeout_s)
         code |= _stop([children[("sessionizer", 0)]], timeout_s)
-        return code
+        return 1 if failed else code
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

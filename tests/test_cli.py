@@ -54,3 +54,17 @@ def test_json_log_lines(start_server: StartServer):
     assert listening["url"] == f"http://127.0.0.1:{server.port}"
     assert listening["level"] == "info"
     assert {"ts", "logger", "pid"} <= set(listening)
+
+
+def test_workers_give_up_when_the_port_is_taken(tmp_path):
+    """A front that cannot bind keeps exiting at start: the supervisor stops, exit code 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--port", str(port), "--workers", "2", "--data-dir",
+                     str(tmp_path), env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert result.returncode == 1
+    assert "child keeps exiting at start; giving up" in result.stderr
