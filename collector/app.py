@@ -40,6 +40,7 @@ from collector.pipeline import Pipeline
 from collector.query import setup_query_routes
 from collector.ratelimit import TokenBuckets
 from collector.readiness import Readiness
+from collector.receivers.boomerang import setup_boomerang_routes
 from collector.receivers.faro import setup_faro_routes
 from collector.receivers.native import setup_native_routes
 from collector.receivers.otlp import setup_otlp_routes
@@ -131,4 +132,5 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
         setup_agent_route(app)
         setup_otlp_routes(app)
         setup_faro_routes(app)
+        setup_boomerang_routes(app)
     return app

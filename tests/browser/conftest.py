@@ -20,10 +20,14 @@ import pytest
 from tests.conftest import ServerProcess
 
 CHROMIUM = Path(os.environ.get("RUMLINE_TEST_CHROMIUM", "/usr/bin/chromium"))
+SHOP_HOST = "shop.test"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-quic",
+    # A host name for the shop: Boomerang keeps its session in a cookie, which a bare IP
+    # cannot have (each page would start a new session).
+    f"--host-resolver-rules=MAP {SHOP_HOST} 127.0.0.1",
 ]  # fmt: skip
 NODE_MODULES = Path(__file__).resolve().parent / "node_modules"
 

@@ -130,6 +130,8 @@ class Shop:
     """The shop on 127.0.0.1:<free port>; `agent_html(shop)` gives the `<head>` snippet."""
 
     agent_html: Callable[[Shop], str]
+    # The name pages are served under (the browser maps it to 127.0.0.1, see conftest).
+    host: str = "127.0.0.1"
     calls: list[ApiCall] = field(default_factory=list)
     # Bodies POSTed to /record/… (an agent pointed at the shop instead of the collector, to
     # see what it really sends).
@@ -232,7 +234,7 @@ class Shop:
     @property
     def origin(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://{self.host}:{self._server.server_address[1]}"
 
     def url(self, path: str) -> str:
         return self.origin + path
