@@ -37,6 +37,7 @@ test-rust: ## the Rust unit and property tests only
 
 bench: dev ## run the benchmarks and write docs/benchmarks.md
 	$(BIN)/python loadtests/bench_core.py
+	$(BIN)/python loadtests/bench_ingest.py --write
 
 lint: dev ## clippy and ruff
 	cargo clippy --release --manifest-path rust/Cargo.toml --all-targets -- -D warnings
