@@ -1,14 +1,13 @@
 //! Open sessions keyed by (app, client sid) and the closing rules (docs §4–§5).
-use crate::beacon::{self, Beacon, EventBody, Rejection};
+use crate::beacon::{self, Beacon, Event, EventBody, Rejection};
 use crate::error::CoreError;
 use crate::privacy::{self, Scrubber};
 use crate::record::{self, Record};
 use crate::session::{Action, Closed, EndReason, ErrorRec, RageRec, Session, SessionMetrics, VitalRec};
 use crate::settings::Settings;
-use crate::useragent::{UaCache, UserAgent};
+use crate::useragent::UaCache;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 /// What one `ingest` or `flush` call produced.
 #[derive(Debug, Default)]
@@ -106,19 +105,20 @@ impl Sessionizer {
         let beacons = envelopes.into_beacons(&self.scrubber);
         let ip = if self.settings.mask_ip { privacy::mask_ip(rec.ip) } else { Some(rec.ip.to_owned()).filter(|s| !s.is_empty()) };
         let recv = rec.recv_ms as i64;
-        for b in &beacons {
+        for mut b in beacons {
             out.beacons += 1;
             out.events += b.events.len() as u64;
             for d in &b.dropped {
                 *out.dropped.entry(d.code()).or_default() += 1;
             }
-            let ctx = BeaconCtx { recv, dnt: rec.dnt(), ip: ip.as_deref(), user_agent: rec.user_agent, beacon: b };
-            self.apply(&ctx, out);
+            let events = std::mem::take(&mut b.events);
+            let ctx = BeaconCtx { recv, dnt: rec.dnt(), ip: ip.as_deref(), user_agent: rec.user_agent, beacon: &b };
+            self.apply(&ctx, events, out);
         }
     }
 
-    /// Opens the session for `key` at `recv` (the next part when a tombstone is recent).
-    fn open_session(&mut self, key: &str, ctx: &BeaconCtx) {
+    /// A new session for `key` at `recv` (the next part when a tombstone is recent).
+    fn new_session(&self, key: &str, ctx: &BeaconCtx) -> Session {
         let b = ctx.beacon;
         let part = match self.tombstones.get(key) {
             Some(t) if ctx.recv - t.last_recv < self.settings.timeout_ms as i64 => t.part + 1,
@@ -126,42 +126,51 @@ impl Sessionizer {
         };
         let mut s = Session::new(&b.app, &b.sid, part, ctx.recv);
         apply_beacon_fields(&mut s, ctx);
-        self.open.insert(key.to_owned(), s);
+        s
     }
 
-    fn close(&mut self, key: &str, reason: EndReason, out: &mut Output) {
-        let Some(s) = self.open.remove(key) else { return };
-        self.tombstones.insert(key.to_owned(), Tombstone { part: s.part, last_recv: s.last_recv });
-        let ua = self.user_agent_of(&s);
+    /// Closes a session taken out of the open map: leaves its tombstone, emits it.
+    fn finish(&mut self, key: &str, s: Session, reason: EndReason, out: &mut Output) {
+        match self.tombstones.get_mut(key) {
+            Some(t) => *t = Tombstone { part: s.part, last_recv: s.last_recv },
+            None => {
+                self.tombstones.insert(key.to_owned(), Tombstone { part: s.part, last_recv: s.last_recv });
+            }
+        }
+        let ua = self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""));
         out.closed.push(s.finalize(&self.settings, &ua, Some(reason), Some(&mut out.metrics)));
     }
 
-    fn user_agent_of(&mut self, s: &Session) -> Arc<UserAgent> {
-        self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""))
-    }
-
-    fn apply(&mut self, ctx: &BeaconCtx, out: &mut Output) {
+    /// Applies one beacon. The session is taken out of the map for the beacon's events (one
+    /// lookup in, one out) and put back when it is still open.
+    fn apply(&mut self, ctx: &BeaconCtx, events: Vec<Event>, out: &mut Output) {
         let b = ctx.beacon;
         let key = key_of(&b.app, &b.sid);
         let timeout = self.settings.timeout_ms as i64;
         let max_duration = self.settings.max_duration_ms as i64;
-        if let Some(s) = self.open.get(&key) {
-            if ctx.recv - s.last_recv >= timeout {
-                self.close(&key, EndReason::Timeout, out);
-            } else if ctx.recv - s.first_recv >= max_duration {
-                self.close(&key, EndReason::DurationLimit, out);
+        let mut current = match self.open.remove(&key) {
+            Some(s) if ctx.recv - s.last_recv >= timeout => {
+                self.finish(&key, s, EndReason::Timeout, out);
+                None
             }
-        }
-        if let Some(s) = self.open.get_mut(&key) {
-            s.last_recv = s.last_recv.max(ctx.recv);
-            apply_beacon_fields(s, ctx);
-        } else {
-            self.open_session(&key, ctx);
+            Some(s) if ctx.recv - s.first_recv >= max_duration => {
+                self.finish(&key, s, EndReason::DurationLimit, out);
+                None
+            }
+            Some(mut s) => {
+                s.last_recv = s.last_recv.max(ctx.recv);
+                apply_beacon_fields(&mut s, ctx);
+                Some(s)
+            }
+            None => None,
+        };
+        if current.is_none() {
+            current = Some(self.new_session(&key, ctx));
         }
 
         let offset = match b.sent {
             Some(sent) => ctx.recv as f64 - sent,
-            None => b.events.iter().filter_map(|e| e.start).reduce(f64::max).map_or(0.0, |m| ctx.recv as f64 - m),
+            None => events.iter().filter_map(|e| e.start).reduce(f64::max).map_or(0.0, |m| ctx.recv as f64 - m),
         };
         let lo = ctx.recv - max_duration;
         let time_of = |start: Option<f64>| -> i64 {
@@ -171,38 +180,39 @@ impl Sessionizer {
             }
         };
         let max_actions = self.settings.max_actions as usize;
-        for ev in &b.events {
-            if !self.open.contains_key(&key) {
-                // a previous `end` closed this key: the following events open the next part
-                self.open_session(&key, ctx);
-            }
+        for ev in events {
             let t = time_of(ev.start);
-            if let EventBody::Action(_) = &ev.body {
-                if self.open[&key].actions.len() >= max_actions {
-                    self.close(&key, EndReason::ActionLimit, out);
-                    self.open_session(&key, ctx);
-                }
+            // a previous `end` closed this key: the following events open the next part
+            let mut s = match current.take() {
+                Some(s) => s,
+                None => self.new_session(&key, ctx),
+            };
+            if matches!(ev.body, EventBody::Action(_)) && s.actions.len() >= max_actions {
+                self.finish(&key, s, EndReason::ActionLimit, out);
+                s = self.new_session(&key, ctx);
             }
-            let s = self.open.get_mut(&key).expect("session is open");
             s.dirty = true;
-            match &ev.body {
-                EventBody::Action(a) => s.actions.push(Action { event: (**a).clone(), page: b.page_url.clone(), t }),
-                EventBody::Error { kind, message, stack } => {
-                    s.errors.push(ErrorRec { kind: *kind, message: message.clone(), stack: stack.clone(), t });
-                }
-                EventBody::Vital { name, value } => s.vitals.push(VitalRec { name: name.clone(), value: *value, t }),
-                EventBody::RageClick { target, count } => s.rage.push(RageRec { target: target.clone(), count: *count, t }),
+            match ev.body {
+                EventBody::Action(a) => s.actions.push(Action { event: *a, page: b.page_url.clone(), t }),
+                EventBody::Error { kind, message, stack } => s.errors.push(ErrorRec { kind, message, stack, t }),
+                EventBody::Vital { name, value } => s.vitals.push(VitalRec { name, value, t }),
+                EventBody::RageClick { target, count } => s.rage.push(RageRec { target, count, t }),
                 EventBody::Identify(tag) => {
                     if !ctx.dnt {
-                        s.identify(tag, ctx.recv);
+                        s.identify(&tag, ctx.recv);
                     }
                 }
-                EventBody::Property(k, v) => s.set_property(k.clone(), v.clone()),
+                EventBody::Property(k, v) => s.set_property(k, v),
                 EventBody::End(reason) => {
-                    s.end = Some((reason.clone(), t));
-                    self.close(&key, EndReason::EndEvent, out);
+                    s.end = Some((reason, t));
+                    self.finish(&key, s, EndReason::EndEvent, out);
+                    continue;
                 }
             }
+            current = Some(s);
+        }
+        if let Some(s) = current {
+            self.open.insert(key, s);
         }
     }
 
@@ -227,7 +237,8 @@ impl Sessionizer {
             .collect();
         due.sort_by(|a, b| a.0.cmp(&b.0));
         for (_, key, reason) in due {
-            self.close(&key, reason, &mut out);
+            let s = self.open.remove(&key).expect("due keys are open");
+            self.finish(&key, s, reason, &mut out);
         }
         self.tombstones.retain(|_, t| now - t.last_recv < timeout);
         out
