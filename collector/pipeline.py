@@ -51,6 +51,9 @@ POLL_S = 0.01
 # `ingest` call takes the commits of many batches (fewer crossings, less contention with
 # the fronts for the CPU); sessions only become visible up to this much later.
 BUSY_STEP_S = 0.02
+# Live summaries are published at least once a second (DESIGN); building them is the core's
+# most expensive call after ingest, so not more often than that, less a step's length.
+LIVE_INTERVAL_MS = 1000 - 2 * int(BUSY_STEP_S * 1000)
 
 
 def wall_ms() -> int:
@@ -240,7 +243,7 @@ class Pipeline:
         # next step must write these (the WAL position has advanced past their records).
         self._unwritten.extend(s for r in outcome.results for s in r.closed)
         closed = self._unwritten
-        live_due = not self.recovering and now - self._last_live_ms >= self._flush_interval_ms
+        live_due = not self.recovering and now - self._last_live_ms >= LIVE_INTERVAL_MS
         tick_due = (
             not self.recovering
             and not final
