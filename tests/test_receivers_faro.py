@@ -320,6 +320,17 @@ def test_http_api_key_and_rate_limit(start_server: StartServer) -> None:
     assert orjson.loads(answer)["error"]["code"] == "rate_limited"
 
 
+def test_http_per_app_rate_limit(start_server: StartServer) -> None:
+    server = start_server(env={"RUMLINE_INGEST_RATE_LIMIT_APP": "0.5",
+                               "RUMLINE_INGEST_RATE_LIMIT_APP_BURST": "1"})  # fmt: skip
+    busy, quiet = orjson.dumps(recorded("busy")), orjson.dumps(recorded("quiet"))
+    assert server.request("POST", "/collect", busy, JSON)[0] == 202
+    status, headers, answer = server.request("POST", "/collect", busy, JSON)
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert orjson.loads(answer)["error"]["code"] == "rate_limited"
+    assert server.request("POST", "/collect", quiet, JSON)[0] == 202  # another app's bucket
+
+
 def test_http_truncated_payloads_never_500_nor_lose_accepted_data(
     shared_server: ServerProcess,
 ) -> None:

@@ -48,7 +48,7 @@ from collector.receivers import (
     preflight,
     read_body,
 )
-from collector.receivers.native import check_rate
+from collector.receivers.native import check_app_rate, check_rate
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,8 @@ async def submit_beacons(
     accepted chunks twice: at-least-once, never lost.
     """
     max_events = request.app[SETTINGS].max_events
+    for app in dict.fromkeys(beacon["app"] for beacon in beacons):
+        check_app_rate(request, app)  # the per-app token bucket, when configured
     trust_client_clock(beacons, recv_ms)
     bodies = [orjson.dumps(chunk) for chunk in chunks(beacons, max_events)]
     results = await asyncio.gather(
