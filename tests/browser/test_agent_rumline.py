@@ -213,3 +213,40 @@ def test_many_events_stay_under_the_beacon_quota(collector: ServerProcess, conte
     names = [a["name"] for a in detail["timeline"]["actions"] if a["name"].startswith("step ")]
     assert len(names) == 150 and detail["action_count"] == 151  # + the page load
     assert rejected_total(collector, "native") == 0
+
+
+def test_agent_survives_a_hostile_page_and_reports_the_api_calls(
+    collector: ServerProcess, context: Any
+) -> None:
+    """Storage that throws (privacy modes), an unhandled rejection, and every public call,
+    also with bad arguments: the page sees no error of the agent's, the session gets it all."""
+    context.add_init_script("""
+        for (const name of ['sessionStorage', 'localStorage'])
+            Object.defineProperty(window, name, {get() { throw new DOMException('denied'); }});
+    """)
+    page_errors: list[str] = []
+    with Shop(rumline_snippet(collector, app="hostile")) as shop:
+        page = context.new_page()
+        page.on("pageerror", lambda error: page_errors.append(str(error)))
+        page.goto(shop.url("/"))
+        page.wait_for_selector("a.product")
+        page.evaluate("""() => {
+            rumline.identifyUser('ashley@example.com');
+            rumline.setProperty('plan', 'gold');
+            rumline.reportCustomAction('checkout wizard', 1500);
+            rumline.reportError(new Error('coupon service slow'));
+            rumline.reportError('plain message');
+            rumline.setProperty();  rumline.reportCustomAction();  rumline.identifyUser(null);
+            Promise.reject(new RangeError('no stock'));
+        }""")
+        page.wait_for_timeout(100)
+        page.evaluate("rumline.endSession('logout')")
+        detail = closed_session(collector, app="hostile")
+    assert page_errors == ["no stock"]  # the page's own rejection, nothing from the agent
+    assert detail["user_tag"] == "ashley@example.com"
+    assert detail["properties"]["plan"] == "gold"
+    wizard = [a for a in detail["timeline"]["actions"] if a["name"] == "checkout wizard"]
+    assert wizard and wizard[0]["duration"] == 1500
+    messages = {(e["kind"], e["message"]) for e in detail["timeline"]["errors"]}
+    assert {("custom", "Error: coupon service slow"), ("custom", "plain message"),
+            ("js", "RangeError: no stock")} <= messages  # fmt: skip
