@@ -26,6 +26,7 @@ Mapping onto native events (seen from faro-web-sdk 2.12 in Chromium, see the bro
 
 from __future__ import annotations
 
+import hmac
 from datetime import datetime
 from typing import Any
 
@@ -267,7 +268,10 @@ def convert_faro(payload: object, header_sid: str | None = None) -> list[dict[st
 
 
 def check_api_key(request: web.Request, expected: str | None) -> None:
-    if expected is not None and request.headers.get("x-api-key") != expected:
+    if expected is None:
+        return
+    given = request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(given.encode(), expected.encode()):  # no timing hint
         raise Rejected(401, "bad_api_key", "missing or wrong `x-api-key`")
 
 
