@@ -70,7 +70,9 @@ def test_faro_session_has_pages_requests_errors_vitals_and_user(
     errors = [e for d in details for e in d["timeline"]["errors"]]
     vitals = {v["name"] for d in details for v in d["timeline"]["vitals"]}
     summary = details[0]
-    assert details[-1]["user_tag"] == DANIEL
+    # The agent sends the user only from the page where the site set it: if a pause split
+    # the session in parts, the first part has the tag.
+    assert DANIEL in {d["user_tag"] for d in details}
     assert summary["end_reason"] == "timeout"
     assert summary["browser"]["family"] in ("Chrome", "HeadlessChrome", "Chromium")
     assert summary["os"]["family"] == "Linux"
