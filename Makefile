@@ -39,6 +39,9 @@ bench: dev ## run the benchmarks and write docs/benchmarks.md
 	$(BIN)/python loadtests/bench_core.py
 	$(BIN)/python loadtests/bench_ingest.py --write
 
+loadtest: dev ## Locust against a collector on a temp dir and a free port, 30 s; failures, p50/p95/p99
+	$(BIN)/python loadtests/run_locust.py --run-time 30s
+
 lint: dev ## clippy and ruff
 	cargo clippy --release --manifest-path rust/Cargo.toml --all-targets -- -D warnings
 	$(BIN)/ruff check collector tests loadtests
