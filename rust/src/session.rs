@@ -38,12 +38,35 @@ pub const MAX_PROPERTIES: usize = 50;
 /// Maximum number of distinct action names in a summary.
 pub const MAX_ACTION_NAMES: usize = 100;
 
+/// The rarely set parts of an action, out of line so a plain action stays small.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ActionExtra {
+    pub method: Option<Box<str>>,
+    pub traceparent: Option<Box<str>>,
+    pub timings: Box<[(Box<str>, f64)]>,
+    pub resources: Box<[Resource]>,
+}
+
+/// One action as an open session keeps it: a few words inline (memory is the limit on how
+/// many sessions a collector holds open), the rest boxed when present.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Action {
-    pub event: ActionEvent,
-    /// page URL of the beacon that carried the action
-    pub page: Option<String>,
     pub t: i64,
+    pub dur: f64,
+    pub name: Box<str>,
+    pub url: Option<Box<str>>,
+    pub extra: Option<Box<ActionExtra>>,
+    /// 1 + index into the session's `pages`; 0 when the beacon had no page URL
+    pub page: u32,
+    pub status: Option<u16>,
+    pub kind: ActionType,
+}
+
+impl Action {
+    fn extra(&self) -> &ActionExtra {
+        static EMPTY: std::sync::OnceLock<ActionExtra> = std::sync::OnceLock::new();
+        self.extra.as_deref().unwrap_or_else(|| EMPTY.get_or_init(ActionExtra::default))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +106,8 @@ pub struct Session {
     pub user_agent: Option<String>,
     pub synthetic: bool,
     pub properties: Vec<(String, String)>,
+    /// distinct page URLs of the actions (an action stores an index, not a copy)
+    pub pages: Vec<Box<str>>,
     pub actions: Vec<Action>,
     pub errors: Vec<ErrorRec>,
     pub vitals: Vec<VitalRec>,
@@ -267,6 +292,7 @@ impl Session {
             user_agent: None,
             synthetic: false,
             properties: Vec::new(),
+            pages: Vec::new(),
             actions: Vec::new(),
             errors: Vec::new(),
             vitals: Vec::new(),
@@ -295,8 +321,50 @@ impl Session {
         }
     }
 
-    fn thresholds(&self, settings: &Settings, a: &ActionEvent) -> Thresholds {
-        if let Some(th) = settings.key_actions.get(&self.app).and_then(|m| m.get(&a.name)) {
+    /// Adds an action received with the beacon's page URL.
+    pub fn push_action(&mut self, e: ActionEvent, page: Option<&str>, t: i64) {
+        let page = match page {
+            None => 0,
+            Some(p) => {
+                if let Some(i) = self.pages.iter().rposition(|known| &**known == p) {
+                    i as u32 + 1
+                } else {
+                    self.pages.push(p.into());
+                    self.pages.len() as u32
+                }
+            }
+        };
+        let has_extra = e.method.is_some() || e.traceparent.is_some() || !e.timings.is_empty() || !e.resources.is_empty();
+        let extra = has_extra.then(|| {
+            Box::new(ActionExtra {
+                method: e.method.map(String::into_boxed_str),
+                traceparent: e.traceparent.map(String::into_boxed_str),
+                timings: e.timings.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect(),
+                resources: e.resources.into_boxed_slice(),
+            })
+        });
+        if self.actions.len() == self.actions.capacity() {
+            // grow by a quarter, not double: open sessions are what fills a collector's memory
+            self.actions.reserve_exact((self.actions.len() / 4).max(2));
+        }
+        self.actions.push(Action {
+            t,
+            dur: e.dur,
+            name: e.name.into_boxed_str(),
+            url: e.url.map(String::into_boxed_str),
+            extra,
+            page,
+            status: e.status,
+            kind: e.kind,
+        });
+    }
+
+    fn page(&self, a: &Action) -> Option<&str> {
+        (a.page > 0).then(|| &*self.pages[a.page as usize - 1])
+    }
+
+    fn thresholds(&self, settings: &Settings, a: &Action) -> Thresholds {
+        if let Some(th) = settings.key_actions.get(&self.app).and_then(|m| m.get(&*a.name)) {
             return *th;
         }
         match a.kind {
@@ -334,7 +402,7 @@ impl Session {
         let mut counts = ApdexCounts::default();
         let mut categories = Vec::with_capacity(order.len());
         for (pos, &i) in order.iter().enumerate() {
-            let a = &self.actions[i].event;
+            let a = &self.actions[i];
             let failed = action_failed[pos] || (a.kind == ActionType::Xhr && a.status.is_some_and(|s| s >= 400));
             let c = apdex::rate(a.dur, failed, self.thresholds(settings, a));
             counts.add(c);
@@ -352,7 +420,7 @@ impl Session {
             .chain(self.rage.iter().map(|r| r.t))
             .chain(self.end.iter().map(|e| e.1));
         let action_starts = self.actions.iter().map(|a| a.t);
-        let action_ends = self.actions.iter().map(|a| a.t + a.event.dur.floor() as i64);
+        let action_ends = self.actions.iter().map(|a| a.t + a.dur.floor() as i64);
         let start = times.clone().chain(action_starts).min().unwrap_or(self.first_recv);
         let end = times.chain(action_ends).max().unwrap_or(self.last_recv);
 
@@ -360,9 +428,9 @@ impl Session {
         for e in &self.errors {
             *errors_by_kind.entry(e.kind.as_str()).or_default() += 1;
         }
-        let page_of = |a: &'_ Action| -> Option<String> { a.page.clone().or_else(|| a.event.url.clone()) };
-        let entry_page = order.first().and_then(|&i| page_of(&self.actions[i]));
-        let exit_page = order.last().and_then(|&i| page_of(&self.actions[i]));
+        let page_of = |i: usize| -> Option<&str> { self.page(&self.actions[i]).or(self.actions[i].url.as_deref()) };
+        let entry_page = order.first().and_then(|&i| page_of(i));
+        let exit_page = order.last().and_then(|&i| page_of(i));
 
         let mut vitals: BTreeMap<&str, VitalSummary> = BTreeMap::new();
         for v in &self.vitals {
@@ -374,7 +442,7 @@ impl Session {
         }
         let mut action_names: Vec<&str> = Vec::new();
         for &i in &order {
-            let n = self.actions[i].event.name.as_str();
+            let n = &*self.actions[i].name;
             if action_names.len() >= MAX_ACTION_NAMES {
                 break;
             }
@@ -410,8 +478,8 @@ impl Session {
             errors_by_kind,
             has_error: !self.errors.is_empty(),
             bounce: self.actions.len() <= 1,
-            entry_page: entry_page.as_deref(),
-            exit_page: exit_page.as_deref(),
+            entry_page,
+            exit_page,
             rage_clicks: self.rage.len(),
             vitals,
             action_names,
@@ -429,22 +497,22 @@ impl Session {
             .enumerate()
             .map(|(pos, &i)| {
                 let a = &self.actions[i];
-                let e = &a.event;
+                let x = a.extra();
                 ActionOut {
                     index: pos,
-                    kind: e.kind.as_str(),
-                    name: &e.name,
-                    url: e.url.as_deref(),
-                    page: a.page.as_deref(),
-                    method: e.method.as_deref(),
+                    kind: a.kind.as_str(),
+                    name: &a.name,
+                    url: a.url.as_deref(),
+                    page: self.page(a),
+                    method: x.method.as_deref(),
                     start: a.t,
-                    duration: e.dur,
+                    duration: a.dur,
                     apdex: categories[pos].as_str(),
-                    status: e.status,
-                    traceparent: e.traceparent.as_deref(),
-                    trace_id: e.traceparent.as_deref().map(|t| &t[3..35]),
-                    timings: e.timings.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
-                    resources: &e.resources,
+                    status: a.status,
+                    traceparent: x.traceparent.as_deref(),
+                    trace_id: x.traceparent.as_deref().map(|t| &t[3..35]),
+                    timings: x.timings.iter().map(|(k, v)| (&**k, *v)).collect(),
+                    resources: &x.resources,
                     error_count: action_errors[pos],
                 }
             })
@@ -475,7 +543,7 @@ impl Session {
         };
         if let Some(m) = metrics {
             for (pos, &i) in order.iter().enumerate() {
-                let key = (self.app.clone(), self.actions[i].event.kind.as_str(), categories[pos].as_str());
+                let key = (self.app.clone(), self.actions[i].kind.as_str(), categories[pos].as_str());
                 *m.actions.entry(key).or_default() += 1;
             }
             for e in &self.errors {
@@ -502,7 +570,7 @@ impl Session {
 fn attach(actions: &[Action], order: &[usize], t: i64) -> Option<usize> {
     let containing = order.iter().rposition(|&i| {
         let a = &actions[i];
-        a.t <= t && (t as f64) <= a.t as f64 + a.event.dur
+        a.t <= t && (t as f64) <= a.t as f64 + a.dur
     });
     containing
         .or_else(|| order.iter().rposition(|&i| actions[i].t <= t))

@@ -3,7 +3,7 @@ use crate::beacon::{self, Beacon, Event, EventBody, Rejection};
 use crate::error::CoreError;
 use crate::privacy::{self, Scrubber};
 use crate::record::{self, Record};
-use crate::session::{Action, Closed, EndReason, ErrorRec, RageRec, Session, SessionMetrics, VitalRec};
+use crate::session::{Closed, EndReason, ErrorRec, RageRec, Session, SessionMetrics, VitalRec};
 use crate::settings::Settings;
 use crate::useragent::UaCache;
 use serde::{Deserialize, Serialize};
@@ -193,7 +193,7 @@ impl Sessionizer {
             }
             s.dirty = true;
             match ev.body {
-                EventBody::Action(a) => s.actions.push(Action { event: *a, page: b.page_url.clone(), t }),
+                EventBody::Action(a) => s.push_action(*a, b.page_url.as_deref(), t),
                 EventBody::Error { kind, message, stack } => s.errors.push(ErrorRec { kind, message, stack, t }),
                 EventBody::Vital { name, value } => s.vitals.push(VitalRec { name, value, t }),
                 EventBody::RageClick { target, count } => s.rage.push(RageRec { target, count, t }),
