@@ -38,6 +38,7 @@ test-rust: ## the Rust unit and property tests only
 bench: dev ## run the benchmarks and write docs/benchmarks.md
 	$(BIN)/python loadtests/bench_core.py
 	$(BIN)/python loadtests/bench_ingest.py --write
+	$(BIN)/python loadtests/bench_store.py
 
 loadtest: dev ## Locust against a collector on a temp dir and a free port, 30 s; failures, p50/p95/p99
 	$(BIN)/python loadtests/run_locust.py --run-time 30s
