@@ -191,8 +191,10 @@ class Settings:
     # The LMDB map starts at map_size and doubles when full, up to max_map_size.
     map_size: int = _setting("storage", "map_size", 1 << 30, parse_size)
     max_map_size: int = _setting("storage", "max_map_size", 1 << 40, parse_size)
+    # The longest time between checkpoints while beacons come in (under load they come
+    # sooner: once the WAL since the last one is as large as it, see pipeline.py).
     checkpoint_interval_ms: int = _setting(
-        "storage", "checkpoint_interval", 5_000, parse_duration_ms
+        "storage", "checkpoint_interval", 30_000, parse_duration_ms
     )
     # false skips the fsync of every commit: acknowledged beacons are then NOT durable across
     # a machine crash (a process crash is still fine). Only to measure the CPU path.

@@ -7,8 +7,8 @@ One loop, in one process (DESIGN "Durability contract"):
    `flush(now)` where the WAL holds a tick (see store.py: ticks make replay deterministic);
 3. in one write transaction: store the closed sessions (summary, detail, indexes; their live
    entry removed), publish changed live summaries (at least once a second), append the next
-   tick when one is due, and every `checkpoint_interval` the core's state with the WAL
-   position it includes, trimming the WAL behind it.
+   tick when one is due, and from time to time (see `_checkpoint_due`) the core's state with
+   the WAL position it includes, trimming the WAL behind it.
 
 Start-up recovery is the same loop: restore the checkpoint, then consume from its position.
 Until the WAL head seen at start is reached, `/readyz` fails with `recovering`. A closed
@@ -54,6 +54,8 @@ BUSY_STEP_S = 0.02
 # Live summaries are published at least once a second (DESIGN); building them is the core's
 # most expensive call after ingest, so not more often than that, less a step's length.
 LIVE_INTERVAL_MS = 1000 - 2 * int(BUSY_STEP_S * 1000)
+# Below this much new WAL a checkpoint waits for `checkpoint_interval`.
+MIN_CHECKPOINT_WAL_BYTES = 4 << 20
 
 
 def wall_ms() -> int:
@@ -84,6 +86,8 @@ class Pipeline:
         self._clock = 0  # the last tick's time: the `now` of the core, replayed identically
         self._checkpoint_pos = 0
         self._last_checkpoint_ms = 0
+        self._checkpoint_bytes = 0  # size of the last checkpoint
+        self._wal_bytes = 0  # record bytes ingested since it
         self._last_live_ms = 0
         self._last_tick_ms = 0
         self._ingested_since_tick = False
@@ -192,6 +196,7 @@ class Pipeline:
         if state is not None:
             self._core.restore(state)
         self._pos = self._checkpoint_pos = pos
+        self._checkpoint_bytes = len(state or b"")
         self._clock = clock
         self._recover_target = self._store.wal_head()
         self._last_checkpoint_ms = wall_ms()
@@ -252,7 +257,7 @@ class Pipeline:
             and (self._ingested_since_tick or outcome.open_sessions > 0)
         )
         checkpoint_due = self._pos > self._checkpoint_pos and (
-            final or now - self._last_checkpoint_ms >= self._checkpoint_interval_ms
+            final or self._checkpoint_due(now)
         )
         if not (closed or live_due or tick_due or checkpoint_due or final):
             return outcome
@@ -283,9 +288,24 @@ class Pipeline:
         if state is not None:
             self._checkpoint_pos = pos
             self._last_checkpoint_ms = now
+            self._checkpoint_bytes = len(state)
+            self._wal_bytes = 0
         return outcome
+
+    def _checkpoint_due(self, now: int) -> bool:
+        """A checkpoint rewrites every open session, so it is worth it only once the WAL it
+        lets us trim is about as large: then checkpoints cost at most as much as the WAL
+        itself, and a restart replays at most about one checkpoint's worth of records. At
+        least every `checkpoint_interval` when records came in; never for ticks alone (an
+        idle collector with open sessions would rewrite them all for nothing)."""
+        if not self._wal_bytes:
+            return False
+        if self._wal_bytes >= max(self._checkpoint_bytes, MIN_CHECKPOINT_WAL_BYTES):
+            return True
+        return now - self._last_checkpoint_ms >= self._checkpoint_interval_ms
 
     def _ingest(self, chunk: list[bytes]) -> IngestResult:
         self._ingested_since_tick = True
         batch = chunk[0] if len(chunk) == 1 else b"".join(chunk)
+        self._wal_bytes += len(batch)
         return self._core.ingest(batch, self._clock)

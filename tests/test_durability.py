@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import threading
 import time
@@ -27,6 +28,8 @@ TIMEOUT_S = 8
 TIMEOUT_ENV = {
     "RUMLINE_SESSION_TIMEOUT": f"{TIMEOUT_S}s",
     "RUMLINE_SESSION_MAX_ACTIONS": "1000000",
+    # Checkpoints during the load, so that a restart restores one and replays the WAL after it.
+    "RUMLINE_STORAGE_CHECKPOINT_INTERVAL": "300ms",
 }
 
 
@@ -199,6 +202,9 @@ def test_kill_9_mid_load_loses_no_acknowledged_beacon(start_server: StartServer,
     stop_senders(senders)
     assert sum(len(s.acked) for s in senders) > acked_before_kill, "no beacon after restart"
     assert_gap_below_timeout(senders)
+    # The restart restored a checkpoint taken under load and replayed the WAL after it.
+    replay = re.search(r"recovering from_seq=(\d+) to_seq=(\d+)", second.log())
+    assert replay and 0 < int(replay[1]) < int(replay[2]), second.log()
 
     check_sessions(closed_sessions_of(second, app), senders, ended)
 
