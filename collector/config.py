@@ -234,6 +234,7 @@ class Settings:
         "session", "max_duration", 21_600_000, parse_duration_ms
     )
     session_max_actions: int = _setting("session", "max_actions", 200, _parse_int)
+    session_max_open: int = _setting("session", "max_open_sessions", 500_000, _parse_int)
     apdex: dict[str, dict[str, int]] = _setting("session", "apdex", {}, _parse_apdex)
     key_actions: dict[str, dict[str, dict[str, int]]] = _setting(
         "session", "key_actions", {}, _parse_key_actions
@@ -273,6 +274,7 @@ class Settings:
             "timeout_ms": self.session_timeout_ms,
             "max_duration_ms": self.session_max_duration_ms,
             "max_actions": self.session_max_actions,
+            "max_open_sessions": self.session_max_open,
             "max_events": self.max_events,
             "key_actions": self.key_actions,
             "frustrated_ratio": self.frustrated_ratio,
@@ -339,6 +341,7 @@ def _validate(s: Settings) -> None:
     check(s.session_timeout_ms > 0, "[session] timeout must be positive")
     check(s.session_max_duration_ms > 0, "[session] max_duration must be positive")
     check(s.session_max_actions >= 1, "[session] max_actions must be at least 1")
+    check(s.session_max_open >= 1, "[session] max_open_sessions must be at least 1")
     check(0 <= s.frustrated_ratio <= 1, "[session] frustrated_ratio must be within 0..1")
     check(0 <= s.satisfied_ratio <= 1, "[session] satisfied_ratio must be within 0..1")
     for pattern in s.scrub_patterns:

@@ -71,7 +71,9 @@ REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 ACTION_TYPES = frozenset({"load", "xhr", "custom"})
 APDEX_CATEGORIES = frozenset({"satisfied", "tolerating", "frustrated"})
 ERROR_KINDS = frozenset({"js", "request", "custom"})
-END_REASONS = frozenset({"timeout", "duration_limit", "action_limit", "end_event"})
+END_REASONS = frozenset(
+    {"timeout", "duration_limit", "action_limit", "end_event", "open_limit"}
+)
 
 
 def multiprocess_dir() -> str | None:
@@ -164,7 +166,8 @@ class Metrics:
         )
         self.sessions_closed = Counter(
             "rumline_sessions_closed_total",
-            "Sessions closed, by end_reason (timeout, duration_limit, action_limit, end_event).",
+            "Sessions closed, by end_reason (timeout, duration_limit, action_limit, end_event, "
+            "open_limit).",
             ["end_reason"], registry=r,
         )
         self.lmdb_used_bytes = Gauge(

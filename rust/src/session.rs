@@ -20,6 +20,8 @@ pub enum EndReason {
     ActionLimit,
     /// The agent ended the session (`endSession()`, logout).
     EndEvent,
+    /// Too many sessions were open: the least recently active ones were closed.
+    OpenLimit,
 }
 
 impl EndReason {
@@ -29,6 +31,7 @@ impl EndReason {
             EndReason::DurationLimit => "duration_limit",
             EndReason::ActionLimit => "action_limit",
             EndReason::EndEvent => "end_event",
+            EndReason::OpenLimit => "open_limit",
         }
     }
 }
@@ -583,12 +586,13 @@ mod tests {
 
     #[test]
     fn every_end_reason_has_its_name() {
-        for r in [EndReason::Timeout, EndReason::DurationLimit, EndReason::ActionLimit, EndReason::EndEvent] {
+        for r in [EndReason::Timeout, EndReason::DurationLimit, EndReason::ActionLimit, EndReason::EndEvent, EndReason::OpenLimit] {
             let n = match r {
                 EndReason::Timeout => "timeout",
                 EndReason::DurationLimit => "duration_limit",
                 EndReason::ActionLimit => "action_limit",
                 EndReason::EndEvent => "end_event",
+                EndReason::OpenLimit => "open_limit",
             };
             assert_eq!(r.as_str(), n);
             assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{n}\""));

@@ -214,6 +214,30 @@ impl Sessionizer {
         if let Some(s) = current {
             self.open.insert(key, s);
         }
+        self.enforce_open_limit(out);
+    }
+
+    /// Over `max_open_sessions`, closes the least recently active 1 % (at least one), ordered
+    /// by `(last_recv, session_id)`: memory stays bounded under a flood of new session ids.
+    fn enforce_open_limit(&mut self, out: &mut Output) {
+        let cap = usize::try_from(self.settings.max_open_sessions).unwrap_or(usize::MAX);
+        if self.open.len() <= cap {
+            return;
+        }
+        let k = (cap / 100).max(1);
+        let mut recv: Vec<i64> = self.open.values().map(|s| s.last_recv).collect();
+        let (_, &mut boundary, _) = recv.select_nth_unstable(k - 1);
+        let mut oldest: Vec<(i64, String, String)> = self
+            .open
+            .iter()
+            .filter(|(_, s)| s.last_recv <= boundary)
+            .map(|(key, s)| (s.last_recv, s.id(), key.clone()))
+            .collect();
+        oldest.sort_unstable();
+        for (_, _, key) in oldest.into_iter().take(k) {
+            let s = self.open.remove(&key).expect("listed above");
+            self.finish(&key, s, EndReason::OpenLimit, out);
+        }
     }
 
     /// Closes every session that is due at `now`, sorted by session id; forgets old tombstones.
@@ -770,6 +794,22 @@ mod tests {
         let ids = |v: &[Closed]| v.iter().map(|c| (c.session_id.clone(), c.summary.clone(), c.detail.clone())).collect::<Vec<_>>();
         assert_eq!(ids(&a), ids(&b));
         assert!(core(json!({})).restore(b"garbage").is_err());
+    }
+
+    #[test]
+    fn the_open_session_cap_closes_the_least_recently_active() {
+        let mut s = core(json!({"max_open_sessions": 3}));
+        let sids = ["sid-000a", "sid-000b", "sid-000c", "sid-000d"];
+        for (i, sid) in sids.iter().enumerate() {
+            let out = run(&mut s, &[beacon(T0 + i as i64).sid(sid)], T0 + i as i64);
+            assert_eq!(out.closed.is_empty(), i < 3);
+        }
+        run(&mut s, &[beacon(T0 + 10).sid("sid-000b")], T0 + 10);
+        let out = run(&mut s, &[beacon(T0 + 11).sid("sid-000e")], T0 + 11);
+        assert_eq!(s.open_count(), 3);
+        let closed = only(&out);
+        assert_eq!(closed.end_reason, Some(EndReason::OpenLimit));
+        assert_eq!(summary(closed)["client_sid"], "sid-000c");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Settings {
     pub timeout_ms: u64,
     pub max_duration_ms: u64,
     pub max_actions: u32,
+    /// open sessions kept in memory; beyond, the least recently active close (`open_limit`)
+    pub max_open_sessions: u64,
     pub max_events: u32,
     pub apdex: ApdexByType,
     /// app → action name → thresholds (key user actions)
@@ -41,6 +43,7 @@ impl Default for Settings {
             timeout_ms: 30 * 60 * 1000,
             max_duration_ms: 6 * 3600 * 1000,
             max_actions: 200,
+            max_open_sessions: 500_000,
             max_events: 500,
             apdex: ApdexByType::default(),
             key_actions: HashMap::new(),
@@ -92,6 +95,9 @@ impl Settings {
         }
         if self.max_actions == 0 {
             return bad("max_actions must be > 0".into());
+        }
+        if self.max_open_sessions == 0 {
+            return bad("max_open_sessions must be > 0".into());
         }
         if self.max_events == 0 {
             return bad("max_events must be > 0".into());

@@ -34,6 +34,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "timeout_ms": 1_800_000,
     "max_duration_ms": 21_600_000,
     "max_actions": 200,
+    "max_open_sessions": 500_000,
     "max_events": 500,
     "apdex": {kind: {"t": 3000, "f": 12000} for kind in ACTION_TYPES},
     "key_actions": {},
@@ -87,7 +88,8 @@ def make_settings(settings: Mapping[str, Any] | Any | None = None) -> dict[str, 
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
 
     out = json.loads(json.dumps(DEFAULT_SETTINGS))
-    for key in ("timeout_ms", "max_duration_ms", "max_actions", "max_events", "ua_cache_size"):
+    for key in ("timeout_ms", "max_duration_ms", "max_actions", "max_open_sessions", "max_events",
+                "ua_cache_size"):
         if key in given:
             if not _is_int(given[key]) or given[key] < 1:
                 raise ValueError(f"{key} must be a positive integer, got {given[key]!r}")
@@ -833,6 +835,23 @@ class Sessionizer:
                 session["end"] = event
                 self._close(key, "end_event", closed)
                 session = None
+        self._enforce_open_limit(closed)
+
+    def _enforce_open_limit(self, closed: list[ClosedSession]) -> None:
+        """§5: over `max_open_sessions`, close the least recently active 1 % (at least one),
+        ordered by (last_recv, session_id)."""
+        cap = self.settings["max_open_sessions"]
+        if len(self._open) <= cap:
+            return
+        by_age = sorted(
+            self._open.items(),
+            key=lambda item: (
+                item[1]["last_recv"],
+                session_id(item[1]["app"], item[1]["sid"], item[1]["part"], item[1]["first_recv"]),
+            ),
+        )
+        for key, _ in by_age[: max(1, cap // 100)]:
+            self._close(key, "open_limit", closed)
 
     def _open_session(self, key: tuple[str, str], r: int) -> dict[str, Any]:
         """Open the next part of `key` at receive time `r` (part number from the tombstone)."""

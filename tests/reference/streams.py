@@ -71,6 +71,8 @@ def core_settings(draw: st.DrawFn) -> dict[str, Any]:
         "mask_ip": draw(st.booleans()),
         "scrub_pii": draw(st.booleans()),
     }
+    if draw(st.integers(0, 3)) == 0:
+        out["max_open_sessions"] = draw(st.integers(1, 4))
     if draw(st.booleans()):
         out["apdex"] = {"xhr": dict(XHR_THRESHOLDS)}
     if draw(st.booleans()):
