@@ -24,7 +24,7 @@ import binascii
 import heapq
 import hmac
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -320,20 +320,80 @@ def _index_candidates(
         yield U64.unpack_from(tail)[0], tail[U64.size:].decode(), None
 
 
-def _live_candidates(txn: lmdb.Transaction, store: Store, q: SessionQuery) -> list[Candidate]:
+@dataclass(frozen=True)
+class LiveView:
+    """The `live` db of one snapshot: its raw items, parsed, and the sessions per user tag."""
+
+    items: list[tuple[bytes, bytes]] = field(default_factory=list)
+    parsed: dict[bytes, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
+    by_user: dict[str, list[tuple[bytes, dict[str, Any]]]] = field(default_factory=dict)
+
+
+class LiveSummaries:
+    """The parsed live summaries, reused from one list request to the next.
+
+    Open sessions are not indexed, so every list request reads every live summary; parsing
+    them all was nearly the whole time of a user-tag lookup (3,000 open sessions: ~20 ms of
+    it, docs/benchmarks.md "Profile of the query path"). The sessionizer rewrites the live
+    db at most once a second, so most requests find it byte-identical to what the previous
+    one read: one comparison of the raw items (in C) then reuses the parsed summaries and
+    the per-user lists. When it changed, only the summaries whose bytes changed are parsed
+    again. What a request uses is always the parse of exactly its snapshot's bytes. Bounded
+    by the live db (only the last view is kept); safe to share between the executor threads
+    (a lost update only costs a parse).
+    """
+
+    def __init__(self) -> None:
+        self._view = LiveView()
+
+    def read(self, txn: lmdb.Transaction, db: Any) -> LiveView:
+        """The view of the `live` db `db` in the snapshot of `txn`."""
+        items = list(txn.cursor(db=db))
+        view = self._view
+        if items == view.items:
+            return view
+        parsed: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
+        by_user: dict[str, list[tuple[bytes, dict[str, Any]]]] = {}
+        for key, raw in items:
+            entry = view.parsed.get(key)
+            if entry is None or entry[0] != raw:
+                entry = (raw, orjson.loads(raw))
+            parsed[key] = entry
+            tag = entry[1].get("user_tag")
+            if isinstance(tag, str):
+                by_user.setdefault(tag, []).append((key, entry[1]))
+        view = LiveView(items, parsed, by_user)
+        self._view = view
+        return view
+
+
+# This process's parsed live summaries, shared by its list requests.
+LIVE_SUMMARIES: web.AppKey[LiveSummaries] = web.AppKey("live_summaries", LiveSummaries)
+
+
+def _live_candidates(
+    txn: lmdb.Transaction, store: Store, q: SessionQuery, live: LiveSummaries | None
+) -> list[Candidate]:
     """Open sessions matching the query, newest first, below the cursor."""
+    view = (live or LiveSummaries()).read(txn, store.dbs["live"])
+    entries: Iterable[tuple[bytes, dict[str, Any]]]
+    if q.users:  # matches() checks the tag again
+        entries = [entry for user in q.users for entry in view.by_user.get(user, ())]
+    else:
+        entries = ((key, summary) for key, (_, summary) in view.parsed.items())
     sessions_db = store.dbs["sessions"]
     out: list[Candidate] = []
-    for key, raw in txn.cursor(db=store.dbs["live"]):
-        if txn.get(key, db=sessions_db) is not None:
-            continue  # closed meanwhile: its closed copy is in the index
-        summary = orjson.loads(raw)
-        sid = key.decode()
+    for key, summary in entries:
         start = summary.get("start") or 0
+        sid = key.decode()
         if q.after is not None and (start, sid) >= (q.after.start, q.after.session_id):
             continue
-        if q.matches(summary):
-            out.append((start, sid, summary))
+        if not q.matches(summary):
+            continue
+        # Checked last (a random read in a large db): most live sessions fail the filters.
+        if txn.get(key, db=sessions_db) is not None:
+            continue  # closed meanwhile: its closed copy is in the index
+        out.append((start, sid, summary))
     out.sort(key=lambda c: (c[0], c[1]), reverse=True)
     return out
 
@@ -351,17 +411,21 @@ def _closed_streams(
 
 
 def find_sessions(
-    store: Store, q: SessionQuery, scan_budget: int | None = None
+    store: Store,
+    q: SessionQuery,
+    scan_budget: int | None = None,
+    live: LiveSummaries | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of summaries, newest first, and the cursor of the next page (None at the end).
 
-    Blocking (LMDB reads, JSON parsing): call it in a thread.
+    Blocking (LMDB reads, JSON parsing): call it in a thread. `live` keeps the parsed live
+    summaries between calls (the app's `LIVE_SUMMARIES`); without it, every one is parsed.
     """
     budget = SCAN_BUDGET if scan_budget is None else scan_budget
     with store.read() as txn:
         streams: list[Iterator[Candidate]] = []
         if True in q.live or not q.live:
-            streams.append(iter(_live_candidates(txn, store, q)))
+            streams.append(iter(_live_candidates(txn, store, q, live)))
         if False in q.live or not q.live:
             streams.extend(_closed_streams(txn, store, q))
         merged = heapq.merge(*streams, key=lambda c: (c[0], c[1]), reverse=True)
@@ -451,7 +515,7 @@ def _authorize(request: web.Request) -> None:
 async def _page(request: web.Request, q: SessionQuery) -> web.Response:
     store = request.app[STORE]
     sessions, cursor = await asyncio.get_running_loop().run_in_executor(
-        None, find_sessions, store, q
+        None, find_sessions, store, q, None, request.app[LIVE_SUMMARIES]
     )
     return _json({"sessions": sessions, "next_cursor": cursor})
 
@@ -490,6 +554,7 @@ async def api_not_found(request: web.Request) -> web.Response:
 
 def setup_query_routes(app: web.Application) -> None:
     """Add the `/api/v1` routes; they read `app[STORE]` and `app[SETTINGS]`."""
+    app[LIVE_SUMMARIES] = LiveSummaries()
     app.router.add_get("/api/v1/sessions", list_sessions, name="sessions")
     app.router.add_get("/api/v1/sessions/{session_id}", session_detail, name="session")
     app.router.add_get(

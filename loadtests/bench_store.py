@@ -68,6 +68,8 @@ SESSIONS_PER_DAY = 100_000
 # Open sessions while the queries run: a site with 100 000 sessions a day, sessions of ~10
 # minutes plus the 30-minute timeout, has about 100 000 / 86 400 s × 2 400 s ≈ 2 800 open.
 LIVE_SESSIONS = 3_000
+# Distinct users: with 1M stored sessions a user tag has ~5 of them (80 % are identified).
+USERS = 160_000
 CHUNK = 20_000  # sessions per prepare/ingest call and per write transaction
 BEACON_ACTIONS = 5  # actions per beacon of the open sessions (memory, growth)
 
@@ -209,8 +211,10 @@ def open_templates(rng: random.Random, actions: int, n: int = 500) -> list[Templ
 
 
 def request(template: Template, recv_ms: int, number: int) -> tuple[int, str, str, int, bytes]:
-    body = template.body.replace(SID, b"s-%010d-bench" % number).replace(USER, b"%d" % number)
-    return (recv_ms, "203.0.113.7", template.user_agent, 0, body)
+    """Session `number`'s beacon; its user is one of USERS (a user comes back every ~2 days)."""
+    body = template.body.replace(SID, b"s-%010d-bench" % number)
+    return (recv_ms, "203.0.113.7", template.user_agent, 0,
+            body.replace(USER, b"%d" % (number % USERS)))  # fmt: skip
 
 
 def framed(requests: list[tuple[int, str, str, int, bytes]]) -> tuple[bytes, int]:
@@ -664,7 +668,7 @@ def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] |
             "HTTP to a real collector on that store, one keep-alive connection, one request at",
             "a time, client and server on the same 2 cores; after a warm-up of 20 %:",
             "",
-            "- **user**: `GET /api/v1/users/{tag}/sessions` (a tag that has sessions; ~5 each);",
+            "- **user**: `GET /api/v1/users/{tag}/sessions` (a tag that has sessions);",
             "- **segment**: `GET /api/v1/sessions?from=…&to=…` (24 h ending at a random time)",
             "  `&has_error=true&ux=frustrating&browser=Chrome` — the first page (50);",
             "- **detail**: `GET /api/v1/sessions/{id}` (summary + timeline).",

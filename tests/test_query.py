@@ -516,3 +516,35 @@ async def test_user_lookup_walks_only_that_users_index_entries(
 def test_from_and_to_accept_epoch_ms_and_iso_8601(text: str, ms: int) -> None:
     q = query.parse_query(_md({"from": text, "to": text}))
     assert q.start_from == q.start_to == ms
+
+
+def test_live_summaries_are_reused_only_while_unchanged(tmp_path: Path) -> None:
+    """A list request sees exactly its snapshot's live summaries: unchanged ones are not parsed
+    again, changed ones are, removed ones are forgotten."""
+    import orjson
+
+    live_store = Store(tmp_path / "live")
+    live = query.LiveSummaries()
+
+    def put(sid: str, **fields: Any) -> None:
+        summary = {"session_id": sid, "app": "shop", "start": T0, "live": True, **fields}
+        live_store.write(lambda txn: txn.put(sid.encode(), orjson.dumps(summary),
+                                             db=live_store.dbs["live"]))  # fmt: skip
+
+    def page(**params: str) -> list[Summary]:
+        q = query.parse_query(_md({"live": "true", **params}))
+        return query.find_sessions(live_store, q, live=live)[0]
+
+    try:
+        put("a" * 32, user_tag="ann")
+        put("b" * 32, user_tag="bob")
+        first = {s["session_id"]: s for s in page()}
+        again = {s["session_id"]: s for s in page()}
+        assert again == first
+        assert all(again[k] is first[k] for k in first)  # reused, not parsed again
+        put("b" * 32, user_tag="ben")
+        live_store.write(lambda txn: txn.delete(b"a" * 32, db=live_store.dbs["live"]))
+        assert [s["user_tag"] for s in page()] == ["ben"]
+        assert page(user="bob") == [] and [s["user_tag"] for s in page(user="ben")] == ["ben"]
+    finally:
+        live_store.close()
