@@ -54,6 +54,8 @@ BUSY_STEP_S = 0.02
 # Live summaries are published at least once a second (DESIGN); building them is the core's
 # most expensive call after ingest, so not more often than that, less a step's length.
 LIVE_INTERVAL_MS = 1000 - 2 * int(BUSY_STEP_S * 1000)
+# The WAL kept growing faster than it was consumed for this long: log a warning.
+BEHIND_WARN_S = 10.0
 # Below this much new WAL a checkpoint waits for `checkpoint_interval`.
 MIN_CHECKPOINT_WAL_BYTES = 4 << 20
 
@@ -96,6 +98,8 @@ class Pipeline:
         self.recovering = True
         self._stopping = False
         self._abandon = False
+        self._behind_since: float | None = None
+        self._behind_warned = 0.0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -147,6 +151,7 @@ class Pipeline:
                 await asyncio.sleep(1.0)
                 continue
             self._observe(outcome)
+            self._warn_if_behind(outcome)
             if self._abandon:
                 return
             if self.recovering and self._pos >= self._recover_target and not outcome.more:
@@ -181,6 +186,20 @@ class Pipeline:
         await self._wakeup.wait()
         handle.cancel()
         self._wakeup.clear()
+
+    def _warn_if_behind(self, outcome: StepOutcome) -> None:
+        """Say so when the WAL grows faster than the core consumes it (acknowledged beacons
+        are safe in the WAL, but sessions show up late and the WAL takes disk)."""
+        now = time.monotonic()
+        if not outcome.more or self.recovering:
+            self._behind_since = None
+            return
+        if self._behind_since is None:
+            self._behind_since = now
+        elif now - self._behind_since >= BEHIND_WARN_S and now - self._behind_warned >= 30:
+            self._behind_warned = now
+            behind = {"seconds": round(now - self._behind_since), "wal_pos": self._pos}
+            log.warning("sessionizer is behind the WAL", extra=behind)
 
     def _observe(self, outcome: StepOutcome) -> None:
         for result in outcome.results:
@@ -256,9 +275,7 @@ class Pipeline:
             and now - self._last_tick_ms >= self._flush_interval_ms
             and (self._ingested_since_tick or outcome.open_sessions > 0)
         )
-        checkpoint_due = self._pos > self._checkpoint_pos and (
-            final or self._checkpoint_due(now)
-        )
+        checkpoint_due = self._pos > self._checkpoint_pos and (final or self._checkpoint_due(now))
         if not (closed or live_due or tick_due or checkpoint_due or final):
             return outcome
 
