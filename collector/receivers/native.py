@@ -104,7 +104,7 @@ async def beacon_post(request: web.Request) -> web.Response:
         metrics.beacon_rejected(RECEIVER, rejected.code)
         return error_response(rejected.status, rejected.code, rejected.message,
                               headers | rejected.headers)  # fmt: skip
-    return web.Response(status=204, headers=headers)
+    return web.Response(status=204, headers=headers or None)
 
 
 async def beacon_get(request: web.Request) -> web.Response:
@@ -128,7 +128,7 @@ async def beacon_get(request: web.Request) -> web.Response:
         metrics.beacon_rejected(RECEIVER, rejected.code)
         return error_response(rejected.status, rejected.code, rejected.message,
                               headers | rejected.headers)  # fmt: skip
-    return web.Response(status=204, headers=headers)
+    return web.Response(status=204, headers=headers or None)
 
 
 async def beacon_options(request: web.Request) -> web.Response:
