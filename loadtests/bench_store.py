@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,8 @@ USERS = 160_000
 CHUNK = 20_000  # sessions per prepare/ingest call and per write transaction
 BEACON_ACTIONS = 5  # actions per beacon of the open sessions (memory, growth)
 
+# The core caps open sessions (max_open_sessions, default 500k); the growth curve goes past it.
+GROWTH_SETTINGS = {"max_open_sessions": 4_000_000}
 TARGET_SESSION_B = 2048
 TARGET_ACTION_B = 150
 TARGET_P99_MS = {"user": 10.0, "segment": 200.0, "detail": 5.0}
@@ -281,6 +283,8 @@ class Memory:
     per_session_10: float  # … of 10 actions
     per_action: float  # (10 − 1) actions: the slope
     per_session_base: float  # intercept: a session with no action
+    events_1: float  # events per session (actions and the errors, vitals… that come with them)
+    events_10: float
 
 
 def measure_memory(sessions: int) -> Memory:
@@ -289,7 +293,8 @@ def measure_memory(sessions: int) -> Memory:
     p1 = one["rss_growth"] / one["sessions"]
     p10 = ten["rss_growth"] / ten["sessions"]
     per_action = (p10 - p1) / 9
-    return Memory(sessions, p1, p10, per_action, p1 - per_action)
+    return Memory(sessions, p1, p10, per_action, p1 - per_action,
+                  one["events"] / one["sessions"], ten["events"] / ten["sessions"])  # fmt: skip
 
 
 # --- 2. core growth --------------------------------------------------------------------
@@ -301,7 +306,7 @@ def core_growth_child(open_sizes: list[int], workdir: str) -> dict[str, Any]:
     a flush with nothing due, checkpoint + its fsync'ed write (the WAL trimmed), restore."""
     rng = random.Random(11)
     templates = open_templates(rng, BEACON_ACTIONS, 500)
-    core = _core.Sessionizer({})
+    core = _core.Sessionizer(GROWTH_SETTINGS)
     store = Store(Path(workdir) / "wal-store", map_size=1 << 34)
     recv = 1_764_000_000_000
     opened, wal_bytes, seq = 0, 0, 0
@@ -344,7 +349,7 @@ def core_growth_child(open_sizes: list[int], workdir: str) -> dict[str, Any]:
         # gigabytes).
         del core
         gc.collect()
-        core = _core.Sessionizer({})
+        core = _core.Sessionizer(GROWTH_SETTINGS)
         began = time.thread_time()
         core.restore(state)
         restore_s = time.thread_time() - began
@@ -555,6 +560,51 @@ def measure_queries(port: int, m: Manifest, n: int) -> dict[str, dict[str, float
     return out
 
 
+def call_for(store: Store, live: Any, path: str) -> Callable[[], Any]:
+    """What the HTTP handler of `path` runs (its blocking part), with the app's `live`."""
+    from multidict import MultiDict
+
+    from collector.query import find_sessions, get_session, parse_query
+
+    route, _, query = path.partition("?")
+    params: MultiDict[str] = MultiDict(
+        tuple(pair.split("=", 1)) for pair in query.split("&") if pair
+    )
+    if route.startswith("/api/v1/users/"):
+        q = parse_query(params, user=route.split("/")[4])
+        return lambda: find_sessions(store, q, live=live)
+    if route == "/api/v1/sessions":
+        q = parse_query(params)
+        return lambda: find_sessions(store, q, live=live)
+    session_id = route.rsplit("/", 1)[1]
+    return lambda: get_session(store, session_id)
+
+
+def measure_cpu(data_dir: Path, m: Manifest, n: int) -> dict[str, dict[str, float]]:
+    """The same queries in this process, without HTTP: CPU time of this thread per call
+    (what a query costs, whatever else runs on the machine)."""
+    from collector.query import LiveSummaries
+
+    store = Store(data_dir, map_size=1 << 36)
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for kind, paths in query_paths(m, random.Random(m.stored + 1), n + n // 5).items():
+            live = LiveSummaries()
+            times = []
+            for i, path in enumerate(paths):
+                call = call_for(store, live, path)
+                began = time.thread_time()
+                call()
+                if i >= n // 5:
+                    times.append((time.thread_time() - began) * 1000)
+            out[kind] = {"p50": percentile(times, 50), "p99": percentile(times, 99)}
+            print(f"  {kind:8} CPU p50 {out[kind]['p50']:7.2f} ms  p99 {out[kind]['p99']:7.2f} ms",
+                  flush=True)  # fmt: skip
+    finally:
+        store.close()
+    return out
+
+
 def query_growth(store_dir: Path, sizes: list[int], requests: int) -> list[dict[str, Any]]:
     builder = StoreBuilder(store_dir)
     first = builder.manifest.first_recv or int(time.time() * 1000) - 40 * DAY_MS
@@ -569,9 +619,11 @@ def query_growth(store_dir: Path, sizes: list[int], requests: int) -> list[dict[
         disk = sum(p.stat().st_size for p in data.iterdir())
         with collector(data, store_dir / "collector.log") as port:
             latencies = measure_queries(port, m, requests)
-        rows.append({"stored": m.stored, "live": LIVE_SESSIONS, "disk_bytes": disk,
+        load = os.getloadavg()[0]  # the machine is shared: how busy it was meanwhile
+        cpu = measure_cpu(data, m, requests)
+        rows.append({"stored": m.stored, "live": LIVE_SESSIONS, "disk_bytes": disk, "load": load,
                      "build_s": m.build_s, "build_cpu_s": m.build_cpu_s,
-                     "latency": latencies})  # fmt: skip
+                     "latency": latencies, "cpu": cpu})  # fmt: skip
     return rows
 
 
@@ -608,12 +660,19 @@ def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] |
     ]
     if memory is not None:
         budget10 = TARGET_SESSION_B + 10 * TARGET_ACTION_B
+        per_event = (memory.per_session_10 - memory.per_session_1) / (
+            memory.events_10 - memory.events_1
+        )
         lines += [
             "### Memory of open sessions (Rust core)",
             "",
             f"RSS growth of a fresh process while {memory.sessions:,} open sessions are ingested",
             "(beacons of ≤ 5 actions; the input is made and dropped in chunks). Two runs, 1 and",
-            "10 actions per session, give the per-session and the per-action cost.",
+            "10 actions per session, give the per-session and the per-action cost. An action",
+            "brings its share of the other events: a session of 1 action has "
+            f"{memory.events_1:.1f} events, one of 10 has {memory.events_10:.1f} (a load action",
+            "carries 5 timings, 2 resources and an LCP vital; errors, rage clicks, properties",
+            f"come now and then); per event the slope is {per_event:,.0f} B.",
             "",
             "| measure | per 100k sessions | per session | target |",
             "|---|---:|---:|---|",
@@ -634,7 +693,8 @@ def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] |
         lines += [
             "### The core as open sessions grow",
             "",
-            "One core filled to each size with sessions of 5 actions (one beacon each, the",
+            "One core (`max_open_sessions` raised past the default 500k cap) filled to each",
+            "size with sessions of 5 actions (one beacon each, the",
             "records appended to a real WAL as group commits of 2,000 requests). At each",
             "size: CPU time of ingesting the same 20,000 beacons (10,000 to open sessions,",
             "10,000 opening new ones; ~5.5 events each), of a `flush` that closes nothing, of",
@@ -673,9 +733,18 @@ def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] |
             "  `&has_error=true&ux=frustrating&browser=Chrome` — the first page (50);",
             "- **detail**: `GET /api/v1/sessions/{id}` (summary + timeline).",
             "",
-            "| stored | disk | built in | query | p50 | p95 | p99 | results/request | "
-            "target (p99, at 1M) |",
-            "|---:|---:|---:|---|---:|---:|---:|---:|---|",
+            f"Load average (1 min) of the machine after each size: "
+            f"{', '.join(format(r['load'], '.1f') for r in queries)} on {os.cpu_count()} cores "
+            "(other work shares it: the p99s include its noise).",
+            "",
+            "`CPU p50 / p99`: the same queries called in-process after the collector stopped",
+            "(`find_sessions` / `get_session` as the handlers call them, with the app's",
+            "`LiveSummaries`), CPU time of the calling thread: what a query costs, without the",
+            "waits for a CPU that a busy machine adds to the wall-clock columns.",
+            "",
+            "| stored | disk | built in | query | p50 | p95 | p99 | CPU p50 / p99 | "
+            "results/request | target (p99, at 1M) |",
+            "|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
         ]
         for r in queries:
             for kind, lat in r["latency"].items():
@@ -684,7 +753,9 @@ def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] |
                 lines.append(
                     f"| {si(r['stored'])} | {r['disk_bytes'] / 2**30:,.1f} GiB | "
                     f"{r['build_s']:,.0f} s | {kind} | {lat['p50']:,.2f} ms | "
-                    f"{lat['p95']:,.2f} ms | {lat['p99']:,.2f} ms | {lat['results']:,.1f} | "
+                    f"{lat['p95']:,.2f} ms | {lat['p99']:,.2f} ms | "
+                    f"{r['cpu'][kind]['p50']:,.2f} / {r['cpu'][kind]['p99']:,.2f} ms | "
+                    f"{lat['results']:,.1f} | "
                     f"{verdict} |"
                 )
         rate = queries[-1]["stored"] / queries[-1]["build_s"]
@@ -727,6 +798,9 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    # SIGTERM/SIGINT unwind like an exception, so the collector and the temp dir go too.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     memory_sessions = 20_000 if args.quick else 100_000
     open_sizes = [1_000, 10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     max_stored = args.max_stored or (100_000 if args.quick else 1_000_000)

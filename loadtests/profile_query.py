@@ -14,35 +14,16 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "loadtests"))
 
-from bench_store import Manifest, percentile, query_paths  # noqa: E402
-from multidict import MultiDict  # noqa: E402
+from bench_store import Manifest, call_for, percentile, query_paths  # noqa: E402
 
-from collector.query import LiveSummaries, find_sessions, get_session, parse_query  # noqa: E402
+from collector.query import LiveSummaries  # noqa: E402
 from collector.store import Store  # noqa: E402
-
-
-def call_for(store: Store, live: LiveSummaries, path: str) -> Callable[[], Any]:
-    """What the handler of `path` runs (the blocking part), with the app's `live`."""
-    route, _, query = path.partition("?")
-    params: MultiDict[str] = MultiDict(
-        tuple(pair.split("=", 1)) for pair in query.split("&") if pair
-    )
-    if route.startswith("/api/v1/users/"):
-        q = parse_query(params, user=route.split("/")[4])
-        return lambda: find_sessions(store, q, live=live)
-    if route == "/api/v1/sessions":
-        q = parse_query(params)
-        return lambda: find_sessions(store, q, live=live)
-    session_id = route.rsplit("/", 1)[1]
-    return lambda: get_session(store, session_id)
 
 
 def main() -> None:
