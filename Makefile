@@ -39,6 +39,7 @@ bench: dev ## run the benchmarks and write docs/benchmarks.md
 	$(BIN)/python loadtests/bench_core.py
 	$(BIN)/python loadtests/bench_ingest.py --write
 	$(BIN)/python loadtests/bench_store.py
+	$(BIN)/python loadtests/run_locust.py --run-time 30s --write
 
 loadtest: dev ## Locust against a collector on a temp dir and a free port, 30 s; failures, p50/p95/p99
 	$(BIN)/python loadtests/run_locust.py --run-time 30s

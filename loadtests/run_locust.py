@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import datetime
 import http.client
 import json
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -31,6 +33,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "loadtests" / "locust.conf"
+DOC = REPO / "docs" / "benchmarks.md"
+START, END = "<!-- loadtest:start -->", "<!-- loadtest:end -->"
 HOST = "127.0.0.1"
 
 
@@ -181,6 +185,54 @@ def report(summary: dict[str, Any]) -> None:
     print(f"sessions stored: {summary['sessions_stored']:,}")
 
 
+def write_section(summary: dict[str, Any], args: argparse.Namespace) -> None:
+    """Replace the section between the load-test markers of docs/benchmarks.md."""
+    users = args.users or "44 (locust.conf)"
+    lines = [
+        START,
+        "## Load test (Locust)",
+        "",
+        f"`loadtests/run_locust.py --run-time {args.run_time}` (`make loadtest`): "
+        f"{users} users, 10 browser tabs sending visits (page loads, XHRs, clicks, errors",
+        "now and then, identify, end) for each support engineer listing, opening and",
+        "segmenting sessions meanwhile, against a collector "
+        f"(`--workers {args.workers}`)",
+        "on a temp LMDB, Locust and collector on the same machine. Every beacon must be",
+        "answered 204 (durable); latencies in ms, as Locust rounds them.",
+        "",
+        "| request | count | failures | req/s | p50 | p95 | p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in summary["requests"]:
+        lines.append(f"| {r['name']} | {r['count']:,} | {r['failures']:,} | {r['rps']:,.1f} | "
+                     f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} |")  # fmt: skip
+    lines += [
+        "",
+        f"Failures: {summary['total_failures']}. Sessions stored by the end: "
+        f"{summary['sessions_stored']:,}.",
+        f"Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; Python "
+        f"{platform.python_version()}, locust {locust_version()}; "
+        f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
+        "",
+        END,
+    ]
+    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    block = "\n".join(lines)
+    if START in doc and END in doc:
+        head, rest = doc.split(START, 1)
+        doc = head + block + rest.split(END, 1)[1]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(doc)
+    print(f"updated {DOC.relative_to(REPO)}")
+
+
+def locust_version() -> str:
+    from importlib.metadata import version
+
+    return version("locust")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-time", default="30s", help="Locust run time (default 30s)")
@@ -192,7 +244,12 @@ def main() -> int:
         help="inactivity timeout, so abandoned visits close during the run",
     )
     parser.add_argument("--summary", type=Path, help="also write the summary as JSON here")
+    parser.add_argument("--write", action="store_true",
+                        help="replace the load-test section of docs/benchmarks.md")  # fmt: skip
     args = parser.parse_args()
+    # SIGTERM/SIGINT unwind like an exception, so the collector and the temp dir go too.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
 
     workdir = Path(tempfile.mkdtemp(prefix="rumline-loadtest-"))
     try:
@@ -214,6 +271,8 @@ def main() -> int:
         report(summary)
         if args.summary:
             args.summary.write_text(json.dumps(summary, indent=2))
+        if args.write:
+            write_section(summary, args)
         return 1 if summary["total_failures"] else 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
