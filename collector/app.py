@@ -50,6 +50,8 @@ from collector.store import Store
 log = logging.getLogger(__name__)
 
 Role = Literal["both", "front", "sessionizer"]
+# aiohttp's default is 10s: a slowloris refused with 408 would keep its connection that long.
+LINGERING_S = 2.0
 
 
 class RequestTimer(AbstractAccessLogger):
@@ -58,12 +60,26 @@ class RequestTimer(AbstractAccessLogger):
     fast path: with `metrics.setup_metrics_route`'s middleware the collector answered ~25%
     fewer beacons per second (measured with loadtests/bench_ingest.py's client)."""
 
+    metrics: Metrics | None = None  # set by `_request_timer` (one class per app)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        metrics = request.app.get(METRICS) if isinstance(request, web.Request) else None
+        metrics = self.metrics
         if metrics is None:
             return
-        resource = request.match_info.route.resource
+        match_info = getattr(request, "_match_info", None)
+        if match_info is None:
+            # aiohttp answered a request it could not parse (bad request line, too many or
+            # too long headers, a NUL in a header) before any route: count it, so that a flood
+            # of them shows, under receiver "http".
+            metrics.beacon_rejected("http", "bad_http" if response.status < 500 else "error")
+            metrics.observe_request("unparsed", time)
+            return
+        resource = match_info.route.resource
         metrics.observe_request(resource.canonical if resource is not None else "unmatched", time)
+
+
+def _request_timer(metrics: Metrics) -> type[RequestTimer]:
+    return type("BoundRequestTimer", (RequestTimer,), {"metrics": metrics})
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -101,21 +117,27 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings, role: Role = "both") -> web.Application:
+    metrics = Metrics(settings.metrics_apps, settings.metrics_max_apps)
     app = web.Application(
         client_max_size=settings.max_large_body_bytes,
         handler_args={
+            # Also how long a new connection may take to send its request headers.
+            "keepalive_timeout": settings.keepalive_timeout_ms / 1000,
+            # After a refusal whose body was not read (413, 408), read and discard the rest
+            # for at most this long so the client sees the answer, then close.
+            "lingering_time": LINGERING_S,
             # Receivers inflate gzip themselves, so that a size cap applies before and after.
             "auto_decompress": False,
             # aiohttp's request-line limit is 8 KiB; `GET /beacon?d=` carries a whole beacon.
             "max_line_size": settings.max_body_bytes + 4096,
             # No access log lines (they would cost more than a beacon); the timer only.
-            "access_log_class": RequestTimer,
+            "access_log_class": _request_timer(metrics),
             "access_log": access_logger,
         },
     )
     app[SETTINGS] = settings
     app[READINESS] = Readiness()
-    app[METRICS] = Metrics(settings.metrics_apps, settings.metrics_max_apps)
+    app[METRICS] = metrics
     app.cleanup_ctx.append(_store_ctx)
     if role in ("both", "sessionizer"):
         app.cleanup_ctx.append(_pipeline_ctx)

@@ -179,6 +179,10 @@ class Settings:
     workers: int = _setting("server", "workers", 1, _parse_int, env="RUMLINE_WORKERS")
     # SIGTERM: stop accepting, drain, commit, checkpoint, and exit within this time.
     shutdown_timeout_ms: int = _setting("server", "shutdown_timeout", 10_000, parse_duration_ms)
+    # An idle keep-alive connection, and a new one that has not sent its request headers yet
+    # (a slowloris), is closed after this. Keep it above the idle timeout of a load balancer
+    # in front (60s on common ones), or the balancer may reuse a connection being closed.
+    keepalive_timeout_ms: int = _setting("server", "keepalive_timeout", 75_000, parse_duration_ms)
 
     # [log]
     log_level: str = _setting("log", "level", "info", _parse_str)
@@ -208,6 +212,9 @@ class Settings:
     max_large_body_bytes: int = _setting("ingest", "max_large_body", 1 << 20, parse_size)
     max_decompressed_bytes: int = _setting("ingest", "max_decompressed", 1 << 20, parse_size)
     max_events: int = _setting("ingest", "max_events", 500, _parse_int)
+    # A request body not received completely within this is refused (408): a client that
+    # trickles its body (a slowloris) holds a connection no longer than this.
+    body_timeout_ms: int = _setting("ingest", "body_timeout", 30_000, parse_duration_ms)
     respect_dnt: bool = _setting("ingest", "respect_dnt", True, _parse_bool)
     # Requests waiting for a WAL commit; beyond this the collector answers 503 + Retry-After.
     queue_max_requests: int = _setting("ingest", "queue_max_requests", 20_000, _parse_int)
@@ -302,6 +309,7 @@ def _validate(s: Settings) -> None:
     check(0 <= s.port <= 65535, f"[server] port: {s.port} is not a TCP port (0-65535)")
     check(s.workers >= 1, f"[server] workers: {s.workers} must be at least 1")
     check(s.shutdown_timeout_ms > 0, "[server] shutdown_timeout must be positive")
+    check(s.keepalive_timeout_ms >= 1_000, "[server] keepalive_timeout must be at least 1s")
     check(
         s.log_level.lower() in ("debug", "info", "warning", "error"),
         f"[log] level: {s.log_level!r} is not one of debug, info, warning, error",
@@ -322,6 +330,7 @@ def _validate(s: Settings) -> None:
         "[ingest] max_decompressed is smaller than max_body",
     )
     check(s.max_events >= 1, "[ingest] max_events must be at least 1")
+    check(s.body_timeout_ms > 0, "[ingest] body_timeout must be positive")
     check(s.queue_max_requests >= 1, "[ingest] queue_max_requests must be at least 1")
     check(s.batch_max_requests >= 1, "[ingest] batch_max_requests must be at least 1")
     check(

@@ -8,6 +8,7 @@ import sys
 import time
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 # Attributes every LogRecord has; anything else on a record came from `extra`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -49,6 +50,17 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class ClientErrorFilter(logging.Filter):
+    """Drops aiohttp's traceback for a request it could not parse (a bad request line, too
+    many or too long headers): that is the client's fault, answered with 400 and counted in
+    `rumline_beacons_rejected_total{receiver="http"}`; logged, a flood of them would flood the
+    log. Exceptions of handlers are still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -57,3 +69,6 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log costs more than a beacon; it stays off (see app runner).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorFilter) for f in server_log.filters):
+        server_log.addFilter(ClientErrorFilter())

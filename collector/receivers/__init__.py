@@ -80,12 +80,25 @@ def preflight(request: web.Request, receiver: str, methods: str) -> web.Response
 
 
 async def read_body(request: web.Request, max_body: int, max_decompressed: int) -> bytes:
-    """The request body, decompressed, within the limits; raises `Rejected` (413, 415, 400).
+    """The request body, decompressed, within the limits; raises `Rejected` (413, 415, 400,
+    408).
 
     The app turns aiohttp's own inflating off (`create_app`), so the `max_body` cap applies
     to the bytes on the wire and inflating stops at `max_decompressed`: a small gzip bomb
-    never becomes a large buffer.
+    never becomes a large buffer. aiohttp has no timeout of its own for a body that trickles
+    in, so the whole body must arrive within `[ingest] body_timeout` (a slowloris is refused
+    with 408 and its connection closed; other clients never wait for it).
     """
+    timeout_s = request.app[SETTINGS].body_timeout_ms / 1000
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, max_body, max_decompressed)
+    except TimeoutError:
+        raise Rejected(408, "body_timeout", f"the body did not arrive within {timeout_s:g}s",
+                       {"Connection": "close"}) from None  # fmt: skip
+
+
+async def _read_body(request: web.Request, max_body: int, max_decompressed: int) -> bytes:
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None:
         encoding = encoding.strip().lower()
@@ -159,6 +172,13 @@ def _within(
     return any(ip in network for network in networks)
 
 
+def valid_utf8(header: str) -> str:
+    """aiohttp decodes header bytes that are not UTF-8 as lone surrogates; the core takes
+    only valid UTF-8, and one such request would fail the whole group commit it is in. The
+    bad bytes become U+FFFD."""
+    return header.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def client_flags(request: web.Request, respect_dnt: bool) -> int:
     if respect_dnt and (request.headers.get("DNT") == "1" or request.headers.get("Sec-GPC") == "1"):
         return FLAG_DNT
@@ -176,6 +196,8 @@ async def accept(request: web.Request, receiver: str, recv_ms: int, body: bytes)
     settings = request.app[SETTINGS]
     ip = client_ip(request, settings)
     user_agent = request.headers.get("User-Agent", "")
+    if not user_agent.isascii():
+        user_agent = valid_utf8(user_agent)
     flags = client_flags(request, settings.respect_dnt)
     try:
         verdict = await batcher.submit(recv_ms, ip, user_agent, flags, body)
