@@ -36,6 +36,7 @@ ENV = {
     "RUMLINE_INGEST_BODY_TIMEOUT": f"{BODY_TIMEOUT_S:g}s",
     "RUMLINE_SERVER_KEEPALIVE_TIMEOUT": f"{KEEPALIVE_S:g}s",
     "RUMLINE_SESSION_TIMEOUT": "2s",
+    "RUMLINE_SESSION_MAX_OPEN_SESSIONS": "5000",
 }
 SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$", re.MULTILINE)
 
@@ -429,16 +430,16 @@ def test_absurd_client_timestamps_never_move_a_session_out_of_the_servers_time(
 
 
 def test_a_flood_of_distinct_session_ids(server: ServerProcess, accepted_before: object):
-    """20,000 new sessions in 40 requests: all accepted, the collector stays responsive, its
-    memory grows by a bounded amount per session, and every one is closed and stored.
-
-    (Open sessions live in the core's memory until they time out; a cap on open sessions is
-    a core feature still to come, see docs/operations.md.)"""
+    """20,000 new sessions in 40 requests, with `max_open_sessions` 5000: all accepted, the
+    collector stays responsive, at most 5000 are open at any time (the least recently active
+    close with `open_limit`), memory grows by a bounded amount, and every one is stored."""
     app = unique_app("flood")
     n, per_request = 20_000, 500
     rss_before = rss_bytes(server.process.pid)
     closed_before = metric(server, "rumline_sessions_closed_total")
+    evicted_before = metric(server, "rumline_sessions_closed_total", end_reason="open_limit")
     for r in range(n // per_request):
+        assert metric(server, "rumline_sessions_open") <= 5000
         batch = [{"v": 1, "app": app, "sid": f"flood-{r:03d}-{i:04d}",
                   "events": [{"type": "custom", "name": "x", "dur": 1}]}
                  for i in range(per_request)]  # fmt: skip
@@ -448,11 +449,14 @@ def test_a_flood_of_distinct_session_ids(server: ServerProcess, accepted_before:
     assert server.get_json("/readyz")[0] == 200
     assert time.monotonic() - started < 1.0
     grown = rss_bytes(server.process.pid) - rss_before
-    assert grown < n * 8 * 1024, f"{grown / n:.0f} bytes per open session"
+    assert grown < 64 << 20, f"grew by {grown >> 20} MiB"
     deadline = time.monotonic() + 30
     while metric(server, "rumline_sessions_closed_total") - closed_before < n:
         assert time.monotonic() < deadline, "the flood's sessions were not all closed"
+        assert metric(server, "rumline_sessions_open") <= 5000
         time.sleep(0.5)
+    evicted = metric(server, "rumline_sessions_closed_total", end_reason="open_limit")
+    assert evicted - evicted_before >= n - 5000
 
 
 # --- fuzzing the HTTP layer --------------------------------------------------------------------
