@@ -327,6 +327,9 @@ class LiveView:
     items: list[tuple[bytes, bytes]] = field(default_factory=list)
     parsed: dict[bytes, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
     by_user: dict[str, list[tuple[bytes, dict[str, Any]]]] = field(default_factory=dict)
+    # The ux_score values present: live sessions have none yet (null), so a `ux` filter
+    # usually rules every one of them out at once.
+    ux_scores: frozenset[Any] = frozenset()
 
 
 class LiveSummaries:
@@ -362,7 +365,8 @@ class LiveSummaries:
             tag = entry[1].get("user_tag")
             if isinstance(tag, str):
                 by_user.setdefault(tag, []).append((key, entry[1]))
-        view = LiveView(items, parsed, by_user)
+        ux_scores = frozenset(entry[1].get("ux_score") for entry in parsed.values())
+        view = LiveView(items, parsed, by_user, ux_scores)
         self._view = view
         return view
 
@@ -377,6 +381,8 @@ def _live_candidates(
     """Open sessions matching the query, newest first, below the cursor."""
     view = (live or LiveSummaries()).read(txn, store.dbs["live"])
     entries: Iterable[tuple[bytes, dict[str, Any]]]
+    if q.ux and q.ux.isdisjoint(view.ux_scores):
+        return []
     if q.users:  # matches() checks the tag again
         entries = [entry for user in q.users for entry in view.by_user.get(user, ())]
     else:
