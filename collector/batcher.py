@@ -17,7 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import lmdb
+
 from collector._core import prepare
+from collector.store import StorageFull
 
 if TYPE_CHECKING:
     from collector.config import Settings
@@ -42,7 +45,17 @@ class Overloaded(Exception):
 
 
 class StorageError(Exception):
-    """The WAL commit failed; the request was not stored (answer 503, the client retries)."""
+    """The WAL commit failed; the request was not stored (answer 503, the client retries).
+    `reason`: `storage_full` (the map at max_map_size, or the disk, would leave less than the
+    reserve), else `storage_error` (the disk refused the write)."""
+
+    def __init__(self, message: str, reason: str = "storage_error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def storage_failure(err: Exception) -> str:
+    return "storage_full" if isinstance(err, StorageFull | lmdb.MapFullError) else "storage_error"
 
 
 class Batcher:
@@ -76,6 +89,10 @@ class Batcher:
         self._last_batch = 0
         self._window_target = 0
         self._window_full = asyncio.Event()
+        # What the sessionizer may still write when ingest stops for lack of space.
+        self._reserve = settings.storage_reserve_bytes
+        self._failing: str | None = None  # storage_full / storage_error while commits fail
+        self._failed_batches = 0
 
     @property
     def depth(self) -> int:
@@ -129,11 +146,13 @@ class Batcher:
             try:
                 verdicts = await loop.run_in_executor(self._executor, self._commit, requests)
             except Exception as err:  # a disk error must fail these requests, not the loop
-                log.exception("WAL commit failed", extra={"requests": len(requests)})
+                reason = self._commit_failed(err, len(requests))
                 for future in futures:
                     if not future.done():
-                        future.set_exception(StorageError(str(err)))
+                        future.set_exception(StorageError(str(err), reason))
                 continue
+            if self._failing is not None:
+                self._commit_recovered()
             self._metrics.observe_batch(len(requests), time.perf_counter() - started)
             for future, verdict in zip(futures, verdicts, strict=True):
                 if not future.done():  # the client may have gone; its beacon is stored anyway
@@ -174,8 +193,46 @@ class Batcher:
         return requests, futures
 
     def _commit(self, requests: list[Request]) -> list[Verdict]:
-        """Worker thread: validate the batch in the core, then append it to the WAL (fsync)."""
+        """Worker thread: validate the batch in the core, then append it to the WAL (fsync),
+        unless that would leave less than the reserve (then `StorageFull`)."""
         records, verdicts, _events = prepare(requests, self._max_events, self._mask_ip)
+
+        def append(txn: lmdb.Transaction) -> None:
+            if self._reserve and self._store.space_left(txn) < self._reserve + len(records):
+                raise StorageFull(
+                    f"less than the reserve of {self._reserve} bytes ([storage] reserve) "
+                    "is left in the LMDB map or on its disk"
+                )
+            self._store.append_records(txn, records)
+
         if records:
-            self._store.write(lambda txn: self._store.append_records(txn, records))
+            self._store.write(append)
         return verdicts
+
+    def _commit_failed(self, err: Exception, requests: int) -> str:
+        """Count a failed commit; log once per episode (a full disk under load would
+        otherwise log every batch); `/readyz` fails until a commit succeeds again."""
+        reason = storage_failure(err)
+        self._metrics.wal_commit_failed(reason)
+        self._failed_batches += 1
+        if self._failing != reason:
+            self._readiness.set(self._failing or reason, False)
+            self._readiness.set(reason)
+            self._failing = reason
+            if reason == "storage_full":
+                log.error("storage is full: ingest answers 503 until space is freed (free disk "
+                          "space, raise [storage] max_map_size, or lower [storage] retention)",
+                          extra={"error": str(err), "requests": requests,
+                                 "data_dir": str(self._store.path)})  # fmt: skip
+            else:
+                where = {"requests": requests, "data_dir": str(self._store.path)}
+                log.exception("WAL commit failed: ingest answers 503 until commits succeed",
+                              extra=where)  # fmt: skip
+        return reason
+
+    def _commit_recovered(self) -> None:
+        failed = {"after": self._failing, "failed_batches": self._failed_batches}
+        log.warning("WAL commits succeed again", extra=failed)
+        self._readiness.set(self._failing or "", False)
+        self._failing = None
+        self._failed_batches = 0

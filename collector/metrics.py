@@ -154,6 +154,12 @@ class Metrics:
             "Time of one WAL write transaction including fsync.",
             buckets=COMMIT_BUCKETS, registry=r,
         )
+        self.wal_commit_failures = Counter(
+            "rumline_wal_commit_failures_total",
+            "Group commits that failed, by reason (storage_full: the LMDB map or its disk "
+            "would leave less than [storage] reserve; storage_error: the disk refused).",
+            ["reason"], registry=r,
+        )
         self.queue_depth = Gauge(
             "rumline_queue_depth",
             "Requests waiting for the next group commit (summed over front processes).",
@@ -215,6 +221,10 @@ class Metrics:
         """One group commit: `size` requests written in a WAL transaction of `commit_seconds`."""
         self.batch_size.observe(size)
         self.wal_commit_seconds.observe(commit_seconds)
+
+    def wal_commit_failed(self, reason: str) -> None:
+        """One group commit failed (its requests were answered 503)."""
+        self.wal_commit_failures.labels(reason).inc()
 
     def set_queue_depth(self, n: int) -> None:
         """Requests currently waiting for a WAL commit in this process."""

@@ -1,7 +1,8 @@
 """Why this process should not get traffic right now; `/readyz` fails while any reason holds.
 
 Reasons: `recovering` (the sessionizer is replaying the WAL from its checkpoint),
-`overloaded` (the group-commit queue is full), `draining` (SIGTERM received).
+`overloaded` (the group-commit queue is full), `draining` (SIGTERM received), `storage_full`
+/ `storage_error` (the last WAL commit failed for lack of space / a disk error).
 """
 
 from __future__ import annotations

@@ -72,6 +72,10 @@ META_SESSIONIZER = b"sessionizer"
 MAX_TAG_KEY_BYTES = 400
 
 
+class StorageFull(Exception):
+    """A WAL append was refused: it would leave less than the reserve for the sessionizer."""
+
+
 def time_key(start_ms: int, session_id: str) -> bytes:
     return U64.pack(max(start_ms, 0)) + session_id.encode()
 
@@ -209,6 +213,22 @@ class Store:
             new = min(current * 2, self.max_map_size)
             self.env.set_mapsize(new)
             log.warning("grew the LMDB map", extra={"map_size": new})
+
+    def space_left(self, txn: lmdb.Transaction) -> int:
+        """Bytes that can still be written: what the map may still grow by, bounded by the
+        free pages inside the file plus the free space of its file system. Pages in use are
+        counted from the databases themselves (freed pages are reusable), so the estimate is
+        a little optimistic while an old reader pins freed pages: the reserve covers that."""
+        pages = 3  # two meta pages and the free-page database's root
+        for db in self.dbs.values():
+            stat = txn.stat(db)
+            pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        env_stat = self.env.stat()
+        pages += env_stat["branch_pages"] + env_stat["leaf_pages"] + env_stat["overflow_pages"]
+        psize = env_stat["psize"]
+        in_file = (self.env.info()["last_pgno"] + 1 - pages) * psize
+        disk = os.statvfs(self.path)
+        return min(self.max_map_size - pages * psize, in_file + disk.f_bavail * disk.f_frsize)
 
     def used_bytes(self) -> int:
         """Bytes of the map in use: (last page number + 1) × page size."""

@@ -206,9 +206,11 @@ async def accept(request: web.Request, receiver: str, recv_ms: int, body: bytes)
             503, err.reason, "the collector is busy; retry later",
             {"Retry-After": str(err.retry_after_s)},
         ) from None  # fmt: skip
-    except StorageError:
-        raise Rejected(503, "storage_error", "the beacon could not be stored; retry later",
-                       {"Retry-After": "1"}) from None  # fmt: skip
+    except StorageError as err:
+        # Full storage frees up when the sessionizer trims the WAL or an operator acts.
+        retry_after = "5" if err.reason == "storage_full" else "1"
+        raise Rejected(503, err.reason, "the beacon could not be stored; retry later",
+                       {"Retry-After": retry_after}) from None  # fmt: skip
     if verdict is not None:
         reason, message = verdict
         raise Rejected(400, reason, message)
