@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import re
 import signal
 import threading
@@ -207,6 +208,32 @@ def test_kill_9_mid_load_loses_no_acknowledged_beacon(start_server: StartServer,
     assert replay and 0 < int(replay[1]) < int(replay[2]), second.log()
 
     check_sessions(closed_sessions_of(second, app), senders, ended)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_at_random_moments_over_several_restarts(start_server: StartServer, workers: int):
+    """Under continuous load, kill -9 after a random 0.2-1.5 s, restart, three times over:
+    every acknowledged beacon is in its session exactly once, no closed session is lost or
+    duplicated, and open sessions carry on across every restart."""
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    server = start_server(env=TIMEOUT_ENV, workers=workers)
+    port, data_dir = server.port, server.data_dir
+    app = f"kills-{uuid.uuid4().hex[:6]}"
+    ended = close_some_sessions(server, app, 2)
+    senders = [Sender(port, app) for _ in range(4)]
+    run_senders(senders)
+    acked = [0]
+    for _ in range(3):
+        time.sleep(rng.uniform(0.2, 1.5))
+        server.kill()
+        acked.append(sum(len(s.acked) for s in senders))
+        server = start_server(env=TIMEOUT_ENV, workers=workers, data_dir=data_dir, port=port)
+    time.sleep(0.5)
+    stop_senders(senders)
+    assert acked == sorted(acked) and acked[-1] > 50, f"seed {seed}: acked before kills {acked}"
+    assert_gap_below_timeout(senders)
+    check_sessions(closed_sessions_of(server, app), senders, ended)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
