@@ -220,6 +220,11 @@ class Settings:
     # trickles its body (a slowloris) holds a connection no longer than this.
     body_timeout_ms: int = _setting("ingest", "body_timeout", 30_000, parse_duration_ms)
     respect_dnt: bool = _setting("ingest", "respect_dnt", True, _parse_bool)
+    # When set, user tags are replaced by HMAC-SHA256(key, tag) in the front, before the WAL:
+    # the tag itself never reaches the disk; the query API hashes the tag it is asked for.
+    user_tag_hash_key: str | None = _setting(
+        "ingest", "user_tag_hash_key", None, _parse_optional_str
+    )
     # Requests waiting for a WAL commit; beyond this the collector answers 503 + Retry-After.
     queue_max_requests: int = _setting("ingest", "queue_max_requests", 20_000, _parse_int)
     batch_max_requests: int = _setting("ingest", "batch_max_requests", 2_000, _parse_int)
@@ -338,6 +343,10 @@ def _validate(s: Settings) -> None:
         "[ingest] max_decompressed is smaller than max_body",
     )
     check(s.max_events >= 1, "[ingest] max_events must be at least 1")
+    check(
+        s.user_tag_hash_key is None or len(s.user_tag_hash_key.encode()) >= 16,
+        "[ingest] user_tag_hash_key must be at least 16 bytes (a random secret)",
+    )
     check(s.body_timeout_ms > 0, "[ingest] body_timeout must be positive")
     check(s.queue_max_requests >= 1, "[ingest] queue_max_requests must be at least 1")
     check(s.batch_max_requests >= 1, "[ingest] batch_max_requests must be at least 1")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import heapq
 import hmac
 import re
@@ -36,6 +37,7 @@ from multidict import MultiMapping
 
 from collector.appkeys import SETTINGS, STORE
 from collector.store import U64, Store, tag_prefix
+from collector.tag_hash import hash_tag
 
 # Defaults of `[api] default_limit / max_limit`.
 PAGE_DEFAULT = 50
@@ -528,10 +530,15 @@ async def _page(request: web.Request, q: SessionQuery) -> web.Response:
 
 def _parse(request: web.Request, user: str | None = None) -> SessionQuery:
     settings = request.app[SETTINGS]
-    return parse_query(
+    q = parse_query(
         request.query, user=user,
         default_limit=settings.api_default_limit, max_limit=settings.api_max_limit,
     )  # fmt: skip
+    if settings.user_tag_hash_key is not None and q.users:
+        # Tags are stored hashed (collector/tag_hash.py): look up the hash of the one asked.
+        key = settings.user_tag_hash_key.encode()
+        q = dataclasses.replace(q, users=frozenset(hash_tag(key, u) for u in q.users))
+    return q
 
 
 async def list_sessions(request: web.Request) -> web.Response:

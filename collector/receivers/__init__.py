@@ -19,6 +19,7 @@ from aiohttp import web
 from collector.appkeys import BATCHER, METRICS, SETTINGS
 from collector.batcher import Overloaded, StorageError
 from collector.config import Settings
+from collector.tag_hash import hash_user_tags
 
 # Headers a beacon may carry cross-origin (the preflight echoes what the browser asks for).
 CORS_ALLOW_HEADERS = "Content-Type, Content-Encoding"
@@ -199,6 +200,11 @@ async def accept(request: web.Request, receiver: str, recv_ms: int, body: bytes)
     if not user_agent.isascii():
         user_agent = valid_utf8(user_agent)
     flags = client_flags(request, settings.respect_dnt)
+    if settings.user_tag_hash_key is not None:
+        try:
+            body = hash_user_tags(body, settings.user_tag_hash_key.encode())
+        except ValueError as err:
+            raise Rejected(400, "bad_json", str(err)) from None
     try:
         verdict = await batcher.submit(recv_ms, ip, user_agent, flags, body)
     except Overloaded as err:
