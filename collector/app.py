@@ -44,6 +44,7 @@ from collector.receivers.boomerang import setup_boomerang_routes
 from collector.receivers.faro import setup_faro_routes
 from collector.receivers.native import setup_native_routes
 from collector.receivers.otlp import setup_otlp_routes
+from collector.retention import Retention
 from collector.static import setup_agent_route
 from collector.store import Store
 
@@ -104,6 +105,15 @@ async def _pipeline_ctx(app: web.Application) -> AsyncIterator[None]:
     await pipeline.close(settings.shutdown_timeout_ms / 1000 * 0.4)
 
 
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    retention = Retention(app[STORE], settings.retention_ms, settings.retention_interval_ms,
+                          on_expired=app[METRICS].sessions_expired_inc)  # fmt: skip
+    retention.start()
+    yield
+    await retention.close()
+
+
 async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
     pipeline = app.get(PIPELINE)
     batcher = Batcher(
@@ -141,6 +151,8 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
     if role in ("both", "sessionizer"):
         app.cleanup_ctx.append(_pipeline_ctx)
+        if settings.retention_ms > 0:
+            app.cleanup_ctx.append(_retention_ctx)
     if role in ("both", "front"):
         app.cleanup_ctx.append(_batcher_ctx)
         if settings.rate_limit_ip > 0:

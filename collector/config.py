@@ -203,6 +203,12 @@ class Settings:
     # false skips the fsync of every commit: acknowledged beacons are then NOT durable across
     # a machine crash (a process crash is still fine). Only to measure the CPU path.
     sync: bool = _setting("storage", "sync", True, _parse_bool)
+    # Closed sessions that started longer ago than this are deleted (0s = kept forever), by a
+    # background task of the sessionizer every retention_interval (collector/retention.py).
+    retention_ms: int = _setting("storage", "retention", 0, parse_duration_ms)
+    retention_interval_ms: int = _setting(
+        "storage", "retention_interval", 600_000, parse_duration_ms
+    )
     # Ingest stops (503 storage_full) when less than this would be left in the map (at
     # max_map_size) or on its disk, so that the sessionizer can still write sessions and the
     # checkpoint that lets it trim the WAL, which frees space again.
@@ -327,6 +333,7 @@ def _validate(s: Settings) -> None:
     check(s.map_size >= 1 << 20, "[storage] map_size must be at least 1MiB")
     check(s.max_map_size >= s.map_size, "[storage] max_map_size is smaller than map_size")
     check(s.checkpoint_interval_ms > 0, "[storage] checkpoint_interval must be positive")
+    check(s.retention_interval_ms > 0, "[storage] retention_interval must be positive")
     check(
         s.storage_reserve_bytes <= s.max_map_size // 2,
         "[storage] reserve must be at most half of max_map_size",

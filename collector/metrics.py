@@ -160,6 +160,11 @@ class Metrics:
             "would leave less than [storage] reserve; storage_error: the disk refused).",
             ["reason"], registry=r,
         )
+        self.sessions_expired = Counter(
+            "rumline_sessions_expired_total",
+            "Closed sessions deleted by retention ([storage] retention).",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "rumline_queue_depth",
             "Requests waiting for the next group commit (summed over front processes).",
@@ -225,6 +230,9 @@ class Metrics:
     def wal_commit_failed(self, reason: str) -> None:
         """One group commit failed (its requests were answered 503)."""
         self.wal_commit_failures.labels(reason).inc()
+
+    def sessions_expired_inc(self, n: int) -> None:
+        self.sessions_expired.inc(n)
 
     def set_queue_depth(self, n: int) -> None:
         """Requests currently waiting for a WAL commit in this process."""

@@ -339,6 +339,15 @@ class Store:
         if isinstance(summary.get("user_tag"), str):
             txn.delete(tag_key(summary["user_tag"], start, session_id), db=dbs["by_user"])
 
+    def delete_closed(self, txn: lmdb.Transaction, session_id: str) -> None:
+        """Delete a closed session: summary, detail and every index entry (retention)."""
+        sid = session_id.encode()
+        old = txn.get(sid, db=self.dbs["sessions"])
+        if old is not None:
+            self._delete_indexes(txn, session_id, orjson.loads(old))
+        txn.delete(sid, db=self.dbs["sessions"])
+        txn.delete(sid, db=self.dbs["details"])
+
     def put_live(self, txn: lmdb.Transaction, sessions: Iterable[ClosedSession]) -> int:
         """Publish summaries of open sessions (replacing older ones); how many."""
         live = self.dbs["live"]
