@@ -25,6 +25,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
+from collector import backup
 from collector.app import Role, create_app
 from collector.appkeys import READINESS
 from collector.config import ConfigError, Settings, load_settings
@@ -62,11 +63,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), help="default info"
     )
+    backup_command = commands.add_parser(
+        "backup",
+        help="copy the LMDB data consistently, also while the collector serves",
+        description="Copy the data directory into DEST (new or empty) as one consistent, "
+        "compacted snapshot. Restore: run `rumline serve --data-dir DEST`.",
+    )
+    backup_command.add_argument("dest", type=Path, help="destination directory (new or empty)")
+    backup_command.add_argument("--data-dir", type=Path, help="LMDB directory to copy")
+    backup_command.add_argument("--config", type=Path, help="TOML configuration file")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "backup":
+        try:
+            settings = load_settings(args.config, overrides={"data_dir": args.data_dir})
+        except ConfigError as err:
+            print(f"rumline: configuration error: {err}", file=sys.stderr)
+            return 2
+        return backup.run(settings.data_dir, args.dest)
     overrides = {
         "host": args.host,
         "port": args.port,
