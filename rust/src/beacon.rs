@@ -392,19 +392,15 @@ impl ErrorKind {
     }
 }
 
+/// One entry of an action's waterfall. Stored as is in checkpoints (a positional format:
+/// no skipped fields here); the detail JSON leaves absent fields out (`session::ResourceOut`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Resource {
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub initiator: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub start: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub dur: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub size: Option<f64>,
 }
 

@@ -233,8 +233,37 @@ struct ActionOut<'a> {
     traceparent: Option<&'a str>,
     trace_id: Option<&'a str>,
     timings: BTreeMap<&'a str, f64>,
-    resources: &'a [Resource],
+    resources: Vec<ResourceOut<'a>>,
     error_count: u32,
+}
+
+#[derive(Serialize)]
+struct ResourceOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    initiator: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dur: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<f64>,
+}
+
+impl<'a> From<&'a Resource> for ResourceOut<'a> {
+    fn from(r: &'a Resource) -> Self {
+        ResourceOut {
+            url: r.url.as_deref(),
+            initiator: r.initiator.as_deref(),
+            start: r.start,
+            dur: r.dur,
+            status: r.status,
+            size: r.size,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -515,7 +544,7 @@ impl Session {
                     traceparent: x.traceparent.as_deref(),
                     trace_id: x.traceparent.as_deref().map(|t| &t[3..35]),
                     timings: x.timings.iter().map(|(k, v)| (&**k, *v)).collect(),
-                    resources: &x.resources,
+                    resources: x.resources.iter().map(ResourceOut::from).collect(),
                     error_count: action_errors[pos],
                 }
             })

@@ -36,14 +36,21 @@ pub struct Sessionizer {
     ua_cache: UaCache,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct State {
-    version: u32,
     sessions: Vec<Session>,
     tombstones: Vec<(String, Tombstone)>,
 }
 
-const STATE_VERSION: u32 = 1;
+#[derive(Serialize)]
+struct StateRef<'a> {
+    sessions: Vec<&'a Session>,
+    tombstones: Vec<(&'a str, Tombstone)>,
+}
+
+/// A checkpoint starts with this: the format (postcard, positional and compact) and its
+/// version, so a checkpoint of another version is refused instead of misread.
+const STATE_MAGIC: &[u8; 8] = b"RLCKPT02";
 
 fn key_of(app: &str, sid: &str) -> String {
     let mut k = String::with_capacity(app.len() + sid.len() + 1);
@@ -287,18 +294,23 @@ impl Sessionizer {
 
     /// Serializes every open session and tombstone.
     pub fn checkpoint(&self) -> Vec<u8> {
-        let mut sessions: Vec<Session> = self.open.values().cloned().collect();
+        let mut sessions: Vec<&Session> = self.open.values().collect();
         sessions.sort_by(|a, b| (&a.app, &a.sid).cmp(&(&b.app, &b.sid)));
-        let mut tombstones: Vec<(String, Tombstone)> = self.tombstones.iter().map(|(k, t)| (k.clone(), *t)).collect();
-        tombstones.sort_by(|a, b| a.0.cmp(&b.0));
-        serde_json::to_vec(&State { version: STATE_VERSION, sessions, tombstones }).expect("state serializes")
+        let mut tombstones: Vec<(&str, Tombstone)> = self.tombstones.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        tombstones.sort_by(|a, b| a.0.cmp(b.0));
+        let out = STATE_MAGIC.to_vec();
+        postcard::to_extend(&StateRef { sessions, tombstones }, out).expect("state serializes")
     }
 
     /// Replaces the state with a checkpoint; on error the current state is kept.
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), CoreError> {
-        let state: State = serde_json::from_slice(bytes).map_err(|e| CoreError::Checkpoint(e.to_string()))?;
-        if state.version != STATE_VERSION {
-            return Err(CoreError::Checkpoint(format!("unknown version {}", state.version)));
+        let body = bytes
+            .strip_prefix(STATE_MAGIC.as_slice())
+            .ok_or_else(|| CoreError::Checkpoint("not a checkpoint of this version".into()))?;
+        let (state, rest): (State, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| CoreError::Checkpoint(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(CoreError::Checkpoint("trailing bytes after the state".into()));
         }
         self.open = state
             .sessions
