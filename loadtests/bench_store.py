@@ -20,7 +20,8 @@ temp directory; queries go over HTTP to a real collector (`python -m collector s
    ≤ 10 ms, ≤ 200 ms, ≤ 5 ms p99).
 
 `--quick` runs smaller sizes (a few minutes). `--store-dir DIR` keeps the store there and reuses
-what an earlier run built (to profile queries without rebuilding). Unless `--no-write`, the
+what an earlier run built (to profile queries without rebuilding); with `--resume` also what
+that run measured, so an interrupted run carries on where it stopped. Unless `--no-write`, the
 "Memory, growth curves and query latency" section of docs/benchmarks.md (between its markers)
 is replaced.
 """
@@ -605,26 +606,48 @@ def measure_cpu(data_dir: Path, m: Manifest, n: int) -> dict[str, dict[str, floa
     return out
 
 
-def query_growth(store_dir: Path, sizes: list[int], requests: int) -> list[dict[str, Any]]:
+def query_growth(store_dir: Path, sizes: list[int], requests: int,
+                 results: Results) -> list[dict[str, Any]]:  # fmt: skip
     builder = StoreBuilder(store_dir)
     first = builder.manifest.first_recv or int(time.time() * 1000) - 40 * DAY_MS
-    rows = []
+    rows = results.data.setdefault("queries", [])
     for size in sizes:
+        if any(row.get("size") == size for row in rows):
+            continue  # measured by the run this one resumes
         builder.grow_to(size, first)
         m = builder.manifest
         print(f"store: {m.stored:,} closed sessions, built in {m.build_s:,.0f} s "
               f"({m.stored / m.build_s:,.0f}/s)", flush=True)  # fmt: skip
-        builder.put_live(LIVE_SESSIONS, int(time.time() * 1000))
+        # In a fresh process, so the checkpoint is made by the core on disk, the one the
+        # collector loads (another build may have replaced it since this process started).
+        run_child("live", store_dir, LIVE_SESSIONS, int(time.time() * 1000))
         data = store_dir / "data"
         disk = sum(p.stat().st_size for p in data.iterdir())
         with collector(data, store_dir / "collector.log") as port:
             latencies = measure_queries(port, m, requests)
         load = os.getloadavg()[0]  # the machine is shared: how busy it was meanwhile
         cpu = measure_cpu(data, m, requests)
-        rows.append({"stored": m.stored, "live": LIVE_SESSIONS, "disk_bytes": disk, "load": load,
-                     "build_s": m.build_s, "build_cpu_s": m.build_cpu_s,
-                     "latency": latencies, "cpu": cpu})  # fmt: skip
+        rows.append({"size": size, "stored": m.stored, "live": LIVE_SESSIONS,
+                     "disk_bytes": disk, "load": load, "build_s": m.build_s,
+                     "build_cpu_s": m.build_cpu_s, "latency": latencies,
+                     "cpu": cpu})  # fmt: skip
+        results.save()
     return rows
+
+
+class Results:
+    """What a run measured so far, saved after each part (`--resume` carries on from it: a
+    long run on a shared machine can be cut short)."""
+
+    def __init__(self, path: Path | None, resume: bool) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {}
+        if path is not None and resume and path.exists():
+            self.data = json.loads(path.read_text())
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.data))
 
 
 # --- the report --------------------------------------------------------------------------
@@ -787,12 +810,17 @@ def main() -> None:
     parser.add_argument("--max-stored", type=int, help="largest store (default 1M; quick 100k)")
     parser.add_argument("--store-dir", type=Path, help="keep (and reuse) the store here")
     parser.add_argument("--skip-core", action="store_true", help="only the query latency")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --store-dir: keep what an interrupted run measured there")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
         if kind == "memory":
             result = memory_child(int(rest[0]), int(rest[1]))
+        elif kind == "live":
+            StoreBuilder(Path(rest[0])).put_live(int(rest[1]), int(rest[2]))
+            result = {}
         else:
             result = core_growth_child([int(x) for x in rest[1:]], rest[0])
         print(json.dumps(result))
@@ -811,17 +839,25 @@ def main() -> None:
     memory, growth = None, None
     workdir = Path(tempfile.mkdtemp(prefix="rumline-bench-store-"))
     try:
-        if not args.skip_core:
-            print(f"memory: {memory_sessions:,} open sessions of 1 and of 10 actions", flush=True)
-            memory = measure_memory(memory_sessions)
-            print(f"  {memory}", flush=True)
-            print(f"core growth at {open_sizes} open sessions", flush=True)
-            growth = run_child("growth", workdir, *open_sizes)["rows"]
         store_dir = args.store_dir or workdir / "store"
         store_dir.mkdir(parents=True, exist_ok=True)
+        results = Results(store_dir / "results.json" if args.store_dir else None, args.resume)
+        if not args.skip_core:
+            if "memory" not in results.data:
+                print(f"memory: {memory_sessions:,} open sessions of 1 and of 10 actions",
+                      flush=True)  # fmt: skip
+                results.data["memory"] = asdict(measure_memory(memory_sessions))
+                results.save()
+            memory = Memory(**results.data["memory"])
+            print(f"  {memory}", flush=True)
+            if "growth" not in results.data:
+                print(f"core growth at {open_sizes} open sessions", flush=True)
+                results.data["growth"] = run_child("growth", workdir, *open_sizes)["rows"]
+                results.save()
+            growth = results.data["growth"]
         print(f"query latency at {stored_sizes} stored sessions (store in {store_dir})",
               flush=True)  # fmt: skip
-        queries = query_growth(store_dir, stored_sizes, requests)
+        queries = query_growth(store_dir, stored_sizes, requests, results)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     text = render(args, memory, growth, queries)
