@@ -9,9 +9,11 @@ the `reason` label of `rumline_beacons_rejected_total`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -62,6 +64,36 @@ def cors_headers(request: web.Request, allowed: tuple[str, ...]) -> dict[str, st
         "Access-Control-Allow-Credentials": "true",
         "Vary": "Origin",
     }
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+RouteBody = Callable[[web.Request, int, dict[str, str]], Awaitable[web.Response]]
+
+
+def receiver_route(receiver: str) -> Callable[[RouteBody], Handler]:
+    """The frame every receiver's ingest route shares: count the request, check its origin
+    (CORS), and turn a `Rejected` into its JSON error, counted by reason. The wrapped function
+    gets the receive time and the CORS headers (which it may extend) and returns the success
+    response."""
+
+    def wrap(body: RouteBody) -> Handler:
+        @functools.wraps(body)
+        async def handler(request: web.Request) -> web.Response:
+            recv_ms = now_ms()
+            metrics = request.app[METRICS]
+            metrics.beacon_received(receiver)
+            headers: dict[str, str] = {}
+            try:
+                headers = cors_headers(request, request.app[SETTINGS].allowed_origins)
+                return await body(request, recv_ms, headers)
+            except Rejected as rejected:
+                metrics.beacon_rejected(receiver, rejected.code)
+                return error_response(rejected.status, rejected.code, rejected.message,
+                                      headers | rejected.headers)  # fmt: skip
+
+        return handler
+
+    return wrap
 
 
 def preflight(request: web.Request, receiver: str, methods: str) -> web.Response:
@@ -224,6 +256,7 @@ async def accept(request: web.Request, receiver: str, recv_ms: int, body: bytes)
 
 __all__ = [
     "Rejected",
+    "receiver_route",
     "accept",
     "client_flags",
     "client_ip",

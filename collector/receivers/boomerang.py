@@ -35,14 +35,12 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 from aiohttp import web
 
-from collector.appkeys import METRICS, SETTINGS
+from collector.appkeys import SETTINGS
 from collector.receivers import (
     Rejected,
-    cors_headers,
-    error_response,
-    now_ms,
     preflight,
     read_body,
+    receiver_route,
 )
 from collector.receivers.native import check_rate
 from collector.receivers.otlp import app_name, number, path_of, submit_beacons, valid_sid
@@ -434,47 +432,43 @@ def parse_params(*sources: str) -> dict[str, str]:
     return params
 
 
-async def handle(request: web.Request, body: bytes | None) -> web.Response:
-    recv_ms = now_ms()
+async def handle(request: web.Request, recv_ms: int, headers: dict[str, str],
+                 body: bytes | None) -> web.Response:  # fmt: skip
     settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    headers: dict[str, str] = {}
+    check_rate(request)
+    if body is None:
+        body = await read_body(
+            request, settings.max_large_body_bytes, settings.max_decompressed_bytes
+        )
+        if request.content_type not in FORM_TYPES:
+            raise Rejected(415, "unsupported_media_type",
+                           f"Content-Type {request.content_type!r} is not a form")  # fmt: skip
     try:
-        headers = cors_headers(request, settings.allowed_origins)
-        check_rate(request)
-        if body is None:
-            body = await read_body(
-                request, settings.max_large_body_bytes, settings.max_decompressed_bytes
-            )
-            if request.content_type not in FORM_TYPES:
-                raise Rejected(415, "unsupported_media_type",
-                               f"Content-Type {request.content_type!r} is not a form")  # fmt: skip
-        try:
-            form = body.decode()
-        except UnicodeDecodeError:
-            raise Rejected(400, "bad_encoding", "the beacon is not UTF-8") from None
-        # The beacon URL's own query (`?app=`, the site's setting) wins over the body.
-        params = parse_params(form, request.query_string)
-        if not params:
-            raise Rejected(400, "empty", "the beacon has no parameters")
-        beacons = convert(params)
-        if beacons:
-            await submit_beacons(request, RECEIVER, recv_ms, beacons)
-    except Rejected as rejected:
-        metrics.beacon_rejected(RECEIVER, rejected.code)
-        return error_response(rejected.status, rejected.code, rejected.message,
-                              headers | rejected.headers)  # fmt: skip
+        form = body.decode()
+    except UnicodeDecodeError:
+        raise Rejected(400, "bad_encoding", "the beacon is not UTF-8") from None
+    # The beacon URL's own query (`?app=`, the site's setting) wins over the body.
+    params = parse_params(form, request.query_string)
+    if not params:
+        raise Rejected(400, "empty", "the beacon has no parameters")
+    beacons = convert(params)
+    if beacons:
+        await submit_beacons(request, RECEIVER, recv_ms, beacons)
     return web.Response(status=204, headers=headers)
 
 
-async def boomerang_get(request: web.Request) -> web.Response:
-    request.app[METRICS].beacon_received(RECEIVER)
-    return await handle(request, b"")
+@receiver_route(RECEIVER)
+async def boomerang_get(
+    request: web.Request, recv_ms: int, headers: dict[str, str]
+) -> web.Response:
+    return await handle(request, recv_ms, headers, b"")
 
 
-async def boomerang_post(request: web.Request) -> web.Response:
-    request.app[METRICS].beacon_received(RECEIVER)
-    return await handle(request, None)
+@receiver_route(RECEIVER)
+async def boomerang_post(
+    request: web.Request, recv_ms: int, headers: dict[str, str]
+) -> web.Response:
+    return await handle(request, recv_ms, headers, None)
 
 
 async def boomerang_options(request: web.Request) -> web.Response:

@@ -32,14 +32,12 @@ from typing import Any
 
 from aiohttp import web
 
-from collector.appkeys import METRICS, SETTINGS
+from collector.appkeys import SETTINGS
 from collector.receivers import (
     Rejected,
-    cors_headers,
-    error_response,
-    now_ms,
     preflight,
     read_body,
+    receiver_route,
 )
 from collector.receivers.native import check_rate
 from collector.receivers.otlp import (
@@ -275,31 +273,20 @@ def check_api_key(request: web.Request, expected: str | None) -> None:
         raise Rejected(401, "bad_api_key", "missing or wrong `x-api-key`")
 
 
-async def collect_post(request: web.Request) -> web.Response:
-    recv_ms = now_ms()
+@receiver_route(RECEIVER)
+async def collect_post(request: web.Request, recv_ms: int, headers: dict[str, str]) -> web.Response:
     settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    metrics.beacon_received(RECEIVER)
-    headers: dict[str, str] = {}
-    try:
-        headers = cors_headers(request, settings.allowed_origins)
-        if headers:
-            headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
-        check_api_key(request, settings.faro_api_key)
-        check_rate(request)
-        if request.content_type not in ("application/json", "text/plain"):
-            raise Rejected(415, "unsupported_media_type",
-                           f"Content-Type {request.content_type!r} is not application/json")
-        body = await read_body(
-            request, settings.max_large_body_bytes, settings.max_decompressed_bytes
-        )
-        beacons = convert_faro(decode_json(body), request.headers.get("x-faro-session-id"))
-        if beacons:
-            await submit_beacons(request, RECEIVER, recv_ms, beacons)
-    except Rejected as rejected:
-        metrics.beacon_rejected(RECEIVER, rejected.code)
-        return error_response(rejected.status, rejected.code, rejected.message,
-                              headers | rejected.headers)  # fmt: skip
+    if headers:
+        headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+    check_api_key(request, settings.faro_api_key)
+    check_rate(request)
+    if request.content_type not in ("application/json", "text/plain"):
+        raise Rejected(415, "unsupported_media_type",
+                       f"Content-Type {request.content_type!r} is not application/json")
+    body = await read_body(request, settings.max_large_body_bytes, settings.max_decompressed_bytes)
+    beacons = convert_faro(decode_json(body), request.headers.get("x-faro-session-id"))
+    if beacons:
+        await submit_beacons(request, RECEIVER, recv_ms, beacons)
     return web.Response(status=202, headers=headers)
 
 

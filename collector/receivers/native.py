@@ -17,16 +17,14 @@ from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
-from collector.appkeys import APP_LIMITS, IP_LIMITS, METRICS, SETTINGS
+from collector.appkeys import APP_LIMITS, IP_LIMITS, SETTINGS
 from collector.receivers import (
     Rejected,
     accept,
     client_ip,
-    cors_headers,
-    error_response,
-    now_ms,
     preflight,
     read_body,
+    receiver_route,
 )
 
 RECEIVER = "native"
@@ -82,52 +80,34 @@ def check_rate(request: web.Request) -> None:
                        {"Retry-After": retry_after})  # fmt: skip
 
 
-async def beacon_post(request: web.Request) -> web.Response:
-    recv_ms = now_ms()
+@receiver_route(RECEIVER)
+async def beacon_post(request: web.Request, recv_ms: int, headers: dict[str, str]) -> web.Response:
     settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    metrics.beacon_received(RECEIVER)
-    headers: dict[str, str] = {}
-    try:
-        headers = cors_headers(request, settings.allowed_origins)
-        check_rate(request)
-        body = await read_body(request, settings.max_body_bytes, settings.max_decompressed_bytes)
-        if "Content-Type" in request.headers and request.content_type not in RAW_TYPES:
-            if request.content_type != FORM_TYPE:
-                raise Rejected(415, "unsupported_media_type",
-                               f"Content-Type {request.content_type!r} is not text/plain, "
-                               f"application/json or {FORM_TYPE}")  # fmt: skip
-            body = form_field_d(body)
-        _check_native_app_rate(request, body)
-        await accept(request, RECEIVER, recv_ms, body)
-    except Rejected as rejected:
-        metrics.beacon_rejected(RECEIVER, rejected.code)
-        return error_response(rejected.status, rejected.code, rejected.message,
-                              headers | rejected.headers)  # fmt: skip
+    check_rate(request)
+    body = await read_body(request, settings.max_body_bytes, settings.max_decompressed_bytes)
+    if "Content-Type" in request.headers and request.content_type not in RAW_TYPES:
+        if request.content_type != FORM_TYPE:
+            raise Rejected(415, "unsupported_media_type",
+                           f"Content-Type {request.content_type!r} is not text/plain, "
+                           f"application/json or {FORM_TYPE}")  # fmt: skip
+        body = form_field_d(body)
+    _check_native_app_rate(request, body)
+    await accept(request, RECEIVER, recv_ms, body)
     return web.Response(status=204, headers=headers or None)
 
 
-async def beacon_get(request: web.Request) -> web.Response:
-    recv_ms = now_ms()
+@receiver_route(RECEIVER)
+async def beacon_get(request: web.Request, recv_ms: int, headers: dict[str, str]) -> web.Response:
     settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    metrics.beacon_received(RECEIVER)
-    headers: dict[str, str] = {}
-    try:
-        headers = cors_headers(request, settings.allowed_origins)
-        check_rate(request)
-        d = request.query.get("d")
-        if d is None:
-            raise Rejected(400, "missing_d", "query has no parameter `d`")
-        body = d.encode()
-        if len(body) > settings.max_body_bytes:
-            raise Rejected(413, "too_large", f"`d` is over {settings.max_body_bytes} bytes")
-        _check_native_app_rate(request, body)
-        await accept(request, RECEIVER, recv_ms, body)
-    except Rejected as rejected:
-        metrics.beacon_rejected(RECEIVER, rejected.code)
-        return error_response(rejected.status, rejected.code, rejected.message,
-                              headers | rejected.headers)  # fmt: skip
+    check_rate(request)
+    d = request.query.get("d")
+    if d is None:
+        raise Rejected(400, "missing_d", "query has no parameter `d`")
+    body = d.encode()
+    if len(body) > settings.max_body_bytes:
+        raise Rejected(413, "too_large", f"`d` is over {settings.max_body_bytes} bytes")
+    _check_native_app_rate(request, body)
+    await accept(request, RECEIVER, recv_ms, body)
     return web.Response(status=204, headers=headers or None)
 
 

@@ -38,15 +38,13 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from collector.appkeys import METRICS, SETTINGS
+from collector.appkeys import SETTINGS
 from collector.receivers import (
     Rejected,
     accept,
-    cors_headers,
-    error_response,
-    now_ms,
     preflight,
     read_body,
+    receiver_route,
 )
 from collector.receivers.native import check_app_rate, check_rate
 
@@ -457,29 +455,18 @@ def decode_json(body: bytes) -> object:
         raise Rejected(400, "bad_json", f"the body is not JSON: {err}") from None
 
 
-async def traces_post(request: web.Request) -> web.Response:
-    recv_ms = now_ms()
+@receiver_route(RECEIVER)
+async def traces_post(request: web.Request, recv_ms: int, headers: dict[str, str]) -> web.Response:
     settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    metrics.beacon_received(RECEIVER)
-    headers: dict[str, str] = {}
-    try:
-        headers = cors_headers(request, settings.allowed_origins)
-        check_rate(request)
-        if request.content_type not in JSON_TYPES:
-            raise Rejected(415, "unsupported_media_type",
-                           f"Content-Type {request.content_type!r}: only OTLP/HTTP JSON "
-                           "(application/json) is accepted")  # fmt: skip
-        body = await read_body(
-            request, settings.max_large_body_bytes, settings.max_decompressed_bytes
-        )
-        converted = convert_traces(decode_json(body))
-        if converted.beacons:
-            await submit_beacons(request, RECEIVER, recv_ms, converted.beacons)
-    except Rejected as rejected:
-        metrics.beacon_rejected(RECEIVER, rejected.code)
-        return error_response(rejected.status, rejected.code, rejected.message,
-                              headers | rejected.headers)  # fmt: skip
+    check_rate(request)
+    if request.content_type not in JSON_TYPES:
+        raise Rejected(415, "unsupported_media_type",
+                       f"Content-Type {request.content_type!r}: only OTLP/HTTP JSON "
+                       "(application/json) is accepted")  # fmt: skip
+    body = await read_body(request, settings.max_large_body_bytes, settings.max_decompressed_bytes)
+    converted = convert_traces(decode_json(body))
+    if converted.beacons:
+        await submit_beacons(request, RECEIVER, recv_ms, converted.beacons)
     answer: dict[str, Any] = {}
     if converted.rejected:
         answer["partialSuccess"] = {
