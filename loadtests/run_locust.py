@@ -187,13 +187,13 @@ def report(summary: dict[str, Any]) -> None:
 
 def write_section(summary: dict[str, Any], args: argparse.Namespace) -> None:
     """Replace the section between the load-test markers of docs/benchmarks.md."""
-    users = args.users or "44 (locust.conf)"
+    users = f"{args.users} users" if args.users else "44 users (locust.conf)"
     lines = [
         START,
         "## Load test (Locust)",
         "",
         f"`loadtests/run_locust.py --run-time {args.run_time}` (`make loadtest`): "
-        f"{users} users, 10 browser tabs sending visits (page loads, XHRs, clicks, errors",
+        f"{users}, 10 browser tabs sending visits (page loads, XHRs, clicks, errors",
         "now and then, identify, end) for each support engineer listing, opening and",
         "segmenting sessions meanwhile, against a collector "
         f"(`--workers {args.workers}`)",
