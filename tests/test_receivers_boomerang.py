@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from collector.receivers import Rejected
@@ -256,6 +256,8 @@ values = st.one_of(
 @given(base=st.sampled_from([page_load, unload, xhr, errors]),
        changes=st.dictionaries(st.sampled_from(KEYS), values, max_size=6),
        drop=st.lists(st.sampled_from(KEYS), max_size=4))
+# a garbled navigation start without t_done once made a load longer than a day (bad_event)
+@example(base=page_load, changes={"nt_nav_st": "1"}, drop=["t_done"])
 def test_any_beacon_is_refused_cleanly_or_accepted_whole(base, changes, drop) -> None:
     params = {**base(), **changes}
     for key in drop:

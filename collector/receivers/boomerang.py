@@ -380,7 +380,8 @@ def page_load(params: dict[str, str], url: str, start: int | None,
         if value is not None:
             timing[name] = value
     if dur is None:
-        dur = timing.get("load_end", 0)
+        # capped like t_done: a garbled nt_nav_st must not make the whole load unusable
+        dur = min(timing.get("load_end", 0), 86_400_000)
     action: dict[str, Any] = {"type": "load", "name": f"loading of page {path_of(url)}",
                               "url": url, "dur": dur, "timing": timing}  # fmt: skip
     if params.get("restiming"):
