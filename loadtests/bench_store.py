@@ -54,6 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import lmdb  # noqa: E402
+from benchdoc import replace_section  # noqa: E402  (a sibling script module)
 
 from collector import _core  # noqa: E402
 from collector.store import Store  # noqa: E402
@@ -793,14 +794,7 @@ def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] |
 
 
 def write_section(text: str) -> None:
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in doc and END in doc:
-        head, rest = doc.split(START, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    replace_section(START, END, text, DOC)
 
 
 def main() -> None:
