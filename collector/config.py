@@ -145,6 +145,10 @@ def _parse_weights(value: Any) -> dict[str, float]:
     return {name: _parse_float(weight) for name, weight in value.items()}
 
 
+def _parse_app_origins(value: Any) -> dict[str, tuple[str, ...]]:
+    return {app: _parse_list(origins) for app, origins in _as_table(value).items()}
+
+
 def _as_table(value: Any) -> Mapping[str, Any]:
     """A TOML table, or (from the environment) the same written as JSON."""
     if isinstance(value, str):
@@ -218,6 +222,11 @@ class Settings:
     allowed_origins: tuple[str, ...] = _setting(
         "ingest", "allowed_origins", (), _parse_list, env="RUMLINE_ALLOWED_ORIGINS"
     )
+    # Per app: the origins whose pages may send beacons for it (an app not listed here
+    # follows allowed_origins). Checked once the app is known, after the body is read.
+    app_origins: dict[str, tuple[str, ...]] = _setting(
+        "ingest", "app_origins", {}, _parse_app_origins
+    )
     max_body_bytes: int = _setting("ingest", "max_body", 64 << 10, parse_size)
     max_large_body_bytes: int = _setting("ingest", "max_large_body", 1 << 20, parse_size)
     max_decompressed_bytes: int = _setting("ingest", "max_decompressed", 1 << 20, parse_size)
@@ -290,6 +299,15 @@ class Settings:
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
 
+    @functools.cached_property
+    def gate_origins(self) -> frozenset[str] | None:
+        """The origins a request may come from before its app is known (the preflight, the
+        body not read yet): None when any may (the app's own list is checked later)."""
+        lists = (self.allowed_origins, *self.app_origins.values())
+        if not self.allowed_origins or any("*" in origins for origins in lists):
+            return None
+        return frozenset(origin for origins in lists for origin in origins)
+
     def core_settings(self) -> dict[str, Any]:
         """The `Sessionizer` settings (docs/sessionizer.md §8); unset tables keep the core's."""
         core: dict[str, Any] = {
@@ -316,6 +334,10 @@ class Settings:
         return core
 
 
+def _is_origin(value: str) -> bool:
+    return value == "*" or bool(re.fullmatch(r"https?://[^/\s]+", value))
+
+
 def _validate(s: Settings) -> None:
     def check(ok: bool, message: str) -> None:
         if not ok:
@@ -340,9 +362,20 @@ def _validate(s: Settings) -> None:
     )
     for origin in s.allowed_origins:
         check(
-            origin == "*" or bool(re.fullmatch(r"https?://[^/\s]+", origin)),
+            _is_origin(origin),
             f"[ingest] allowed_origins: {origin!r} is not an origin like https://shop.example.com",
         )
+    for app, origins in s.app_origins.items():
+        check(
+            bool(re.fullmatch(r"[A-Za-z0-9._-]{1,64}", app)),
+            f"[ingest.app_origins] {app!r} is not an app name ([A-Za-z0-9._-], 1-64 characters)",
+        )
+        for origin in origins:
+            check(
+                _is_origin(origin),
+                f"[ingest.app_origins] {app}: {origin!r} is not an origin like "
+                "https://shop.example.com",
+            )
     check(s.max_body_bytes > 0, "[ingest] max_body must be positive")
     check(s.max_large_body_bytes > 0, "[ingest] max_large_body must be positive")
     check(

@@ -122,6 +122,11 @@ def test_sizes(text: object, size: int):
         ({"RUMLINE_LOG_FORMAT": "xml"}, "is not text or json"),
         ({"RUMLINE_INGEST_MAX_BODY": "lots"}, "is not a size"),
         ({"RUMLINE_SESSION_MASK_IP": "maybe"}, "is not a boolean"),
+        ({"RUMLINE_INGEST_APP_ORIGINS": '{"shop": ["shop.example.com"]}'},
+         r"\[ingest.app_origins\] shop: 'shop.example.com' is not an origin"),
+        ({"RUMLINE_INGEST_APP_ORIGINS": '{"my shop": ["https://a.example"]}'},
+         "'my shop' is not an app name"),
+        ({"RUMLINE_INGEST_APP_ORIGINS": '["https://a.example"]'}, "is not a table"),
     ],
 )
 def test_invalid_values_name_the_variable(env: dict[str, str], message: str):

@@ -283,6 +283,72 @@ def test_allowed_origins_403_for_unlisted(start_server: StartServer):
     assert rejected_count(server, "origin_not_allowed") == 2
 
 
+def test_app_origins_allow_each_app_only_its_own_pages(start_server: StartServer):
+    server = start_server(env={
+        "RUMLINE_ALLOWED_ORIGINS": "https://www.example.com",
+        "RUMLINE_INGEST_APP_ORIGINS": orjson.dumps({"shop": ["https://shop.example.com"],
+                                                    "blog": ["*"]}).decode(),
+    })  # fmt: skip
+    shop, www, evil = "https://shop.example.com", "https://www.example.com", "https://evil.example"
+
+    def post(body: object, origin: str, raw: bytes | None = None) -> tuple[int, dict, bytes]:
+        data = raw if raw is not None else orjson.dumps(body)
+        return server.request("POST", "/beacon", data, {"Origin": origin})
+
+    assert post(beacon("shop"), shop)[0] == 204
+    assert_error(post(beacon("shop"), www), 403, "origin_not_allowed")
+    # an app without its own list follows allowed_origins
+    assert post(beacon("other"), www)[0] == 204
+    assert_error(post(beacon("other"), shop), 403, "origin_not_allowed")
+    # "*" opens one app to every origin, but only at its own door
+    assert post(beacon("blog"), evil)[0] == 204
+    assert_error(post(beacon("other"), evil), 403, "origin_not_allowed")
+    # every beacon of a body counts, however the app name is written
+    assert_error(post([beacon("other"), beacon("shop")], www), 403, "origin_not_allowed")
+    ndjson = orjson.dumps(beacon("other")) + b"\n" + orjson.dumps(beacon("shop"))
+    assert_error(post(None, www, ndjson), 403, "origin_not_allowed")
+    escaped = orjson.dumps(beacon("shop")).replace(b'"shop"', b'"sh\\u006fp"')
+    assert_error(post(None, www, escaped), 403, "origin_not_allowed")
+    get = server.request("GET", "/beacon?" + urlencode({"d": orjson.dumps(beacon("shop"))}),
+                         headers={"Origin": www})  # fmt: skip
+    assert_error(get, 403, "origin_not_allowed")
+    # the other receivers check the app they found: Faro's meta.app.name, Boomerang's ?app=
+    faro = {"meta": {"app": {"name": "shop"}, "session": {"id": uuid.uuid4().hex}},
+            "exceptions": [{"type": "Error", "value": "boom",
+                            "timestamp": "2026-11-26T07:00:00Z"}]}
+    assert_error(server.request("POST", "/collect", orjson.dumps(faro),
+                                {"Origin": www, "Content-Type": "application/json"}),
+                 403, "origin_not_allowed")  # fmt: skip
+    status, _, body = server.request("POST", "/collect", orjson.dumps(faro),
+                                     {"Origin": shop, "Content-Type": "application/json"})
+    assert status == 202, body
+    boomerang = urlencode({"rt.si": uuid.uuid4().hex, "u": "https://shop.example.com/",
+                           "t_done": "900", "sb": "1"})  # fmt: skip
+    assert_error(server.request("POST", "/beacon/boomerang?app=shop", boomerang.encode(),
+                                {"Origin": www,
+                                 "Content-Type": "application/x-www-form-urlencoded"}),
+                 403, "origin_not_allowed")  # fmt: skip
+    # the preflight knows no app yet: an origin of any list passes, any other is refused
+    for origin, status in ((shop, 204), (www, 204), (evil, 204)):
+        assert server.request("OPTIONS", "/beacon", headers={"Origin": origin})[0] == status
+    # nothing refused reached the store: shop holds only the one beacon from its own page
+    assert len(wait_for_sessions(server, "shop", 2)) == 2  # the native one and Faro's
+    time.sleep(1.5)
+    assert len(wait_for_sessions(server, "shop", 2)) == 2
+    assert rejected_count(server, "origin_not_allowed") == 7
+
+
+def test_app_origins_gate_refuses_origins_of_no_list(start_server: StartServer):
+    server = start_server(env={
+        "RUMLINE_ALLOWED_ORIGINS": "https://www.example.com",
+        "RUMLINE_INGEST_APP_ORIGINS": '{"shop": ["https://shop.example.com"]}',
+    })  # fmt: skip
+    evil = server.request("OPTIONS", "/beacon", headers={"Origin": "https://evil.example"})
+    assert_error(evil, 403, "origin_not_allowed")
+    ok = server.request("OPTIONS", "/beacon", headers={"Origin": "https://shop.example.com"})
+    assert ok[0] == 204 and ok[1]["access-control-allow-origin"] == "https://shop.example.com"
+
+
 # --- rate limit and overload ---------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ import functools
 import ipaddress
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
 from aiohttp import web
@@ -50,13 +50,15 @@ def error_response(
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
-def cors_headers(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+def cors_headers(request: web.Request, settings: Settings) -> dict[str, str]:
     """The CORS response headers for this request; raises `Rejected` (403) for an origin that
-    is not in a non-empty allowlist. No Origin (curl, server-to-server): no CORS headers."""
+    no allowlist lets in (the app's own list is checked by `check_app_origin` once the app is
+    known). No Origin (curl, server-to-server): no CORS headers."""
     origin = request.headers.get("Origin")
     if origin is None:
         return {}
-    if allowed and origin not in allowed and "*" not in allowed:
+    gate = settings.gate_origins
+    if gate is not None and origin not in gate:
         raise Rejected(403, "origin_not_allowed", f"origin {origin!r} is not allowed")
     # Echo the origin (not `*`) so that credentialed requests (sendBeacon sends cookies) work.
     return {
@@ -64,6 +66,21 @@ def cors_headers(request: web.Request, allowed: tuple[str, ...]) -> dict[str, st
         "Access-Control-Allow-Credentials": "true",
         "Vary": "Origin",
     }
+
+
+def check_app_origin(request: web.Request, apps: Iterable[str]) -> None:
+    """Raises `Rejected` (403) when the request's Origin may not send beacons for one of
+    `apps`: an app listed in `[ingest.app_origins]` takes only its origins, any other app
+    those of `allowed_origins` (empty = every origin)."""
+    settings = request.app[SETTINGS]
+    origin = request.headers.get("Origin")
+    if origin is None or not settings.app_origins:
+        return
+    for app in apps:
+        allowed = settings.app_origins.get(app, settings.allowed_origins)
+        if allowed and origin not in allowed and "*" not in allowed:
+            raise Rejected(403, "origin_not_allowed",
+                           f"origin {origin!r} may not send beacons for app {app!r}")  # fmt: skip
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -84,7 +101,7 @@ def receiver_route(receiver: str) -> Callable[[RouteBody], Handler]:
             metrics.beacon_received(receiver)
             headers: dict[str, str] = {}
             try:
-                headers = cors_headers(request, request.app[SETTINGS].allowed_origins)
+                headers = cors_headers(request, request.app[SETTINGS])
                 return await body(request, recv_ms, headers)
             except Rejected as rejected:
                 metrics.beacon_rejected(receiver, rejected.code)
@@ -100,7 +117,7 @@ def preflight(request: web.Request, receiver: str, methods: str) -> web.Response
     """Answer a CORS preflight (OPTIONS) for a receiver route."""
     settings = request.app[SETTINGS]
     try:
-        headers = cors_headers(request, settings.allowed_origins)
+        headers = cors_headers(request, settings)
     except Rejected as rejected:
         request.app[METRICS].beacon_rejected(receiver, rejected.code)
         return error_response(rejected.status, rejected.code, rejected.message)
@@ -258,6 +275,7 @@ __all__ = [
     "Rejected",
     "receiver_route",
     "accept",
+    "check_app_origin",
     "client_flags",
     "client_ip",
     "cors_headers",

@@ -42,6 +42,7 @@ from collector.appkeys import SETTINGS
 from collector.receivers import (
     Rejected,
     accept,
+    check_app_origin,
     preflight,
     read_body,
     receiver_route,
@@ -193,7 +194,9 @@ async def submit_beacons(
     accepted chunks twice: at-least-once, never lost.
     """
     max_events = request.app[SETTINGS].max_events
-    for app in dict.fromkeys(beacon["app"] for beacon in beacons):
+    apps = dict.fromkeys(beacon["app"] for beacon in beacons)
+    check_app_origin(request, apps)
+    for app in apps:
         check_app_rate(request, app)  # the per-app token bucket, when configured
     trust_client_clock(beacons, recv_ms)
     bodies = [orjson.dumps(chunk) for chunk in chunks(beacons, max_events)]
