@@ -25,6 +25,7 @@ from aiohttp.log import access_logger
 from collector.appkeys import (
     APP_LIMITS,
     BATCHER,
+    BODY_BUDGET,
     IP_LIMITS,
     METRICS,
     PIPELINE,
@@ -33,6 +34,7 @@ from collector.appkeys import (
     STORE,
 )
 from collector.batcher import Batcher
+from collector.bodybudget import BodyBudget
 from collector.config import Settings
 from collector.health import setup_health_routes
 from collector.metrics import Metrics, metrics_handler
@@ -155,6 +157,7 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
             app.cleanup_ctx.append(_retention_ctx)
     if role in ("both", "front"):
         app.cleanup_ctx.append(_batcher_ctx)
+        app[BODY_BUDGET] = BodyBudget(settings.max_inflight_bytes)
         if settings.rate_limit_ip > 0:
             app[IP_LIMITS] = TokenBuckets(settings.rate_limit_ip, settings.rate_limit_ip_burst)
         if settings.rate_limit_app > 0:

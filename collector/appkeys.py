@@ -12,6 +12,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from collector.batcher import Batcher
+    from collector.bodybudget import BodyBudget
     from collector.config import Settings
     from collector.metrics import Metrics
     from collector.pipeline import Pipeline
@@ -24,6 +25,7 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # Set only on an app that ingests (a front) / that runs the sessionizer loop.
 BATCHER: web.AppKey[Batcher] = web.AppKey("batcher")
+BODY_BUDGET: web.AppKey[BodyBudget] = web.AppKey("body_budget")
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
 # Per-client-IP token buckets of the receivers; absent when the limit is off.
 IP_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("ip_limits")

@@ -231,6 +231,9 @@ class Settings:
     max_large_body_bytes: int = _setting("ingest", "max_large_body", 1 << 20, parse_size)
     max_decompressed_bytes: int = _setting("ingest", "max_decompressed", 1 << 20, parse_size)
     max_events: int = _setting("ingest", "max_events", 500, _parse_int)
+    # Bytes of request bodies held at once (read, inflated, waiting for the commit); past it
+    # new requests get 503 + Retry-After before their body is read.
+    max_inflight_bytes: int = _setting("ingest", "max_inflight_bytes", 256 << 20, parse_size)
     # A request body not received completely within this is refused (408): a client that
     # trickles its body (a slowloris) holds a connection no longer than this.
     body_timeout_ms: int = _setting("ingest", "body_timeout", 30_000, parse_duration_ms)
@@ -383,6 +386,10 @@ def _validate(s: Settings) -> None:
         "[ingest] max_decompressed is smaller than max_body",
     )
     check(s.max_events >= 1, "[ingest] max_events must be at least 1")
+    check(
+        s.max_inflight_bytes >= s.max_large_body_bytes + s.max_decompressed_bytes,
+        "[ingest] max_inflight_bytes must hold at least one largest body and its inflated form",
+    )
     check(
         s.user_tag_hash_key is None or len(s.user_tag_hash_key.encode()) >= 16,
         "[ingest] user_tag_hash_key must be at least 16 bytes (a random secret)",

@@ -177,6 +177,50 @@ def test_declared_length_over_the_cap_is_refused_before_reading(
     assert b'"too_large"' in head
 
 
+def test_bodies_held_at_once_are_bounded(tmp_path_factory: pytest.TempPathFactory):
+    """Many clients sending large bodies at once: past `max_inflight_bytes` of bodies being
+    read or waiting for their commit, a new request gets 503 before its body is read; the
+    ones held complete normally, and the budget is free again after them."""
+    started: list[ServerProcess] = []
+    server = _launcher(tmp_path_factory, started)(env={
+        "RUMLINE_INGEST_MAX_LARGE_BODY": "64KiB",
+        "RUMLINE_INGEST_MAX_DECOMPRESSED": "64KiB",
+        "RUMLINE_INGEST_MAX_INFLIGHT_BYTES": "256KiB",
+    })  # fmt: skip
+    try:
+        app = unique_app("held")
+        bodies = []
+        for _ in range(5):
+            body = orjson.dumps(beacon(app, pad=""))
+            pad = b'"pad":"' + b"p" * (60_000 - len(body)) + b'"'
+            bodies.append(body.replace(b'"pad":""', pad))
+        socks = []
+        for body in bodies[:4]:  # 4 x 60 000 bytes held: under 256 KiB
+            sock = socket.create_connection((server.host, server.port), timeout=10)
+            sock.sendall(b"POST /beacon HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                         % len(body) + body[:1000])  # fmt: skip
+            socks.append(sock)
+        time.sleep(0.5)  # the server has read the four heads and holds their bodies' room
+        before = rejected(server)
+        fifth = server.request("POST", "/beacon", bodies[4])
+        assert_json_error(fifth, 503, "overloaded")
+        assert fifth[1]["retry-after"] == "1"
+        assert_counted(server, before, "native", "overloaded")
+        # small requests within the room left still go through
+        assert server.request("POST", "/beacon", orjson.dumps(beacon(app)))[0] == 204
+        for sock, body in zip(socks, bodies, strict=False):
+            sock.sendall(body[1000:])
+        for sock in socks:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 204"), "a held body was not stored"
+            sock.close()
+        # every byte given back: the large one now fits
+        assert server.request("POST", "/beacon", bodies[4])[0] == 204
+        assert len(wait_sessions(server, app, 6)) == 6
+    finally:
+        for process in started:
+            process.kill()
+
+
 # --- slow clients ------------------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ ENV = {
     "RUMLINE_SESSION_MAX_ACTIONS": "1000000",
 }
 SESSIONS = 20
-FLOOD_S = 6.0
+FLOOD_S = 30.0
 # The process holds at most QUEUE_MAX bodies of < 1 KiB waiting; everything else it answers
 # at once. Python, aiohttp, the core and LMDB's pages take ~100 MiB; allow for it, not more.
 RSS_BOUND = 300 << 20

@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable, Iterable
 import orjson
 from aiohttp import web
 
-from collector.appkeys import BATCHER, METRICS, SETTINGS
+from collector.appkeys import BATCHER, BODY_BUDGET, METRICS, SETTINGS
 from collector.batcher import Overloaded, StorageError
+from collector.bodybudget import HELD
 from collector.config import Settings
 from collector.tag_hash import hash_user_tags
 
@@ -107,6 +108,9 @@ def receiver_route(receiver: str) -> Callable[[RouteBody], Handler]:
                 metrics.beacon_rejected(receiver, rejected.code)
                 return error_response(rejected.status, rejected.code, rejected.message,
                                       headers | rejected.headers)  # fmt: skip
+            finally:
+                if HELD in request:
+                    request.app[BODY_BUDGET].give_back(request)
 
         return handler
 
@@ -159,6 +163,7 @@ async def _read_body(request: web.Request, max_body: int, max_decompressed: int)
     if length is not None:
         if length > max_body:
             raise Rejected(413, "too_large", f"body of {length} bytes is over {max_body} bytes")
+        hold(request, length)
         try:  # the common case: one await for a body of known size
             body = await request.content.readexactly(length) if length else b""
         except asyncio.IncompleteReadError:
@@ -167,7 +172,18 @@ async def _read_body(request: web.Request, max_body: int, max_decompressed: int)
         body = await _read_chunked(request, max_body)
     if encoding in (None, "", "identity"):
         return body
-    return inflate(body, max_decompressed)
+    hold(request, max_decompressed)  # inflating may take up to this; given back below
+    data = inflate(body, max_decompressed)
+    request.app[BODY_BUDGET].give_back(request, max_decompressed - len(data))
+    return data
+
+
+def hold(request: web.Request, size: int) -> None:
+    """Count `size` bytes of this request's body against `[ingest] max_inflight_bytes`;
+    raises `Rejected` (503) when the front holds too many bodies already."""
+    if not request.app[BODY_BUDGET].take(request, size):
+        raise Rejected(503, "overloaded", "too many request bodies in memory; retry later",
+                       {"Retry-After": "1"})  # fmt: skip
 
 
 async def _read_chunked(request: web.Request, max_body: int) -> bytes:
@@ -177,6 +193,7 @@ async def _read_chunked(request: web.Request, max_body: int) -> bytes:
         size += len(chunk)
         if size > max_body:
             raise Rejected(413, "too_large", f"body is over {max_body} bytes")
+        hold(request, len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
