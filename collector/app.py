@@ -158,10 +158,17 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
     if role in ("both", "front"):
         app.cleanup_ctx.append(_batcher_ctx)
         app[BODY_BUDGET] = BodyBudget(settings.max_inflight_bytes)
+        # Each of the N fronts takes 1/N of every limit: together they never let more through
+        # than configured (a client on one connection gets its front's share only).
+        fronts = settings.workers
         if settings.rate_limit_ip > 0:
-            app[IP_LIMITS] = TokenBuckets(settings.rate_limit_ip, settings.rate_limit_ip_burst)
+            app[IP_LIMITS] = TokenBuckets.share(
+                settings.rate_limit_ip, settings.rate_limit_ip_burst, fronts
+            )
         if settings.rate_limit_app > 0:
-            app[APP_LIMITS] = TokenBuckets(settings.rate_limit_app, settings.rate_limit_app_burst)
+            app[APP_LIMITS] = TokenBuckets.share(
+                settings.rate_limit_app, settings.rate_limit_app_burst, fronts
+            )
         setup_health_routes(app)
         app.router.add_get("/metrics", metrics_handler, name="metrics")
         setup_query_routes(app)

@@ -1,7 +1,9 @@
 """Token-bucket rate limits (per client IP; per app where a receiver knows the app).
 
-In memory, per process: with `--workers N` each front enforces its own share, which is what
-SO_REUSEPORT's even spread of connections makes roughly right. Keys are never stored.
+In memory, per process: with `--workers N` each front enforces 1/N of the configured rate and
+burst, so that all fronts together never let a client (or an app) exceed the limit, however
+SO_REUSEPORT spreads its connections; a client that keeps one connection gets one share. Keys
+are never stored.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ class TokenBuckets:
         self.burst = float(burst)
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    @classmethod
+    def share(cls, rate: float, burst: int, fronts: int) -> TokenBuckets:
+        """One front's share of a limit that `fronts` processes enforce together."""
+        return cls(rate / fronts, max(1, burst // fronts))
 
     def take(self, key: str, now: float | None = None) -> float:
         """Take one token: 0.0 if allowed, else the seconds until one is available."""

@@ -363,6 +363,25 @@ def test_rate_limit_is_429_with_retry_after(start_server: StartServer):
     assert int(statuses[4][1]["retry-after"]) >= 1
 
 
+def test_rate_limit_holds_across_front_processes(start_server: StartServer):
+    """With `--workers 2` each front takes half of the limit: on fresh connections (spread
+    over both fronts by SO_REUSEPORT) a client still gets no more than the burst plus the
+    rate, not twice that."""
+    server = start_server(workers=2, env={
+        "RUMLINE_INGEST_RATE_LIMIT_IP": "1", "RUMLINE_INGEST_RATE_LIMIT_IP_BURST": "10",
+    })  # fmt: skip
+    deadline = time.monotonic() + 10
+    while server.log().count("listening") < 2:  # both fronts bound the port
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    body = orjson.dumps(beacon(unique_app("fronts")))
+    started = time.monotonic()
+    statuses = [server.request("POST", "/beacon", body)[0] for _ in range(60)]
+    elapsed = time.monotonic() - started
+    assert set(statuses) <= {204, 429}, statuses
+    assert 5 <= statuses.count(204) <= 10 + elapsed * 1 + 1, (statuses.count(204), elapsed)
+
+
 def test_per_app_rate_limit(start_server: StartServer):
     server = start_server(env={
         "RUMLINE_INGEST_RATE_LIMIT_APP": "0.5", "RUMLINE_INGEST_RATE_LIMIT_APP_BURST": "2",
