@@ -59,6 +59,8 @@ def storage_failure(err: Exception) -> str:
 
 
 class Batcher:
+    _loop: asyncio.AbstractEventLoop  # the running loop, from `start`
+
     def __init__(
         self,
         store: Store,
@@ -99,7 +101,8 @@ class Batcher:
         return len(self._requests)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="group-commit")
 
     async def close(self) -> None:
         """Stop taking requests, commit every queued one, stop the commit thread."""
@@ -109,24 +112,30 @@ class Batcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(
+    def submit(
         self, recv_ms: int, ip: str, user_agent: str, flags: int, body: bytes
-    ) -> Verdict:
-        """Queue one request; after its batch is committed: None if accepted (durable), else
-        the core's (reason, message) verdict. Raises `Overloaded` or `StorageError`."""
+    ) -> asyncio.Future[Verdict]:
+        """Queue one request; await the returned future: after its batch is committed, None
+        if accepted (durable), else the core's (reason, message) verdict; or it raises
+        `StorageError`. Raises `Overloaded` at once.
+
+        A plain function returning the future (no coroutine of its own) and the loop kept
+        from `start`: `asyncio.get_running_loop()` makes a getpid() system call each time."""
         if self._closing:
             raise Overloaded("draining", 1)
-        if len(self._requests) >= self._queue_max:
+        requests = self._requests
+        if len(requests) >= self._queue_max:
             self._readiness.set("overloaded")
             raise Overloaded("overloaded", 1)
-        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        self._requests.append((recv_ms, ip, user_agent, flags, body))
+        future: asyncio.Future[Verdict] = self._loop.create_future()
+        requests.append((recv_ms, ip, user_agent, flags, body))
         self._futures.append(future)
         self._queued_bytes += len(body)
-        self._wakeup.set()
-        if self._window_target and len(self._requests) >= self._window_target:
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        if self._window_target and len(requests) >= self._window_target:
             self._window_full.set()
-        return await future
+        return future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -191,6 +191,12 @@ class Metrics:
             "Events dropped inside accepted beacons, by reason (unknown_type, bad_event).",
             ["reason"], registry=r,
         )
+        # The labelled children the per-request calls use, looked up once per label value:
+        # `.labels(...)` costs ~1 µs (str() of every value, a lock, a dict), a beacon request
+        # used it twice. The label values are bounded (receivers, reasons, route patterns).
+        self._received: dict[str, Counter] = {}
+        self._rejected: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
 
         # --- the sites' experience (counted when a session closes) ---
         self.actions = Counter(
@@ -215,12 +221,20 @@ class Metrics:
 
     def beacon_received(self, receiver: str, n: int = 1) -> None:
         """Count `n` beacon requests arriving at `receiver` (before validation)."""
-        self.beacons_received.labels(receiver).inc(n)
+        child = self._received.get(receiver)
+        if child is None:
+            child = self._received[receiver] = self.beacons_received.labels(receiver)
+        child.inc(n)
 
     def beacon_rejected(self, receiver: str, reason: str, n: int = 1) -> None:
         """Count `n` rejected requests; `reason` is the JSON error code sent to the client
         (a fixed set: the core's verdicts plus the front's too_large, rate_limited, ...)."""
-        self.beacons_rejected.labels(receiver, reason).inc(n)
+        child = self._rejected.get((receiver, reason))
+        if child is None:
+            child = self._rejected[receiver, reason] = self.beacons_rejected.labels(
+                receiver, reason
+            )
+        child.inc(n)
 
     def observe_batch(self, size: int, commit_seconds: float) -> None:
         """One group commit: `size` requests written in a WAL transaction of `commit_seconds`."""
@@ -240,7 +254,15 @@ class Metrics:
 
     def observe_request(self, route: str, seconds: float) -> None:
         """One HTTP request; `route` must be a route pattern, not a URL."""
-        self.request_duration.labels(route).observe(seconds)
+        self.request_duration_child(route).observe(seconds)
+
+    def request_duration_child(self, route: str) -> Histogram:
+        """The `request_duration_seconds` histogram of one route pattern (for callers that
+        keep it, e.g. per aiohttp resource)."""
+        child = self._durations.get(route)
+        if child is None:
+            child = self._durations[route] = self.request_duration.labels(route)
+        return child
 
     # --- sessionizer ---
 

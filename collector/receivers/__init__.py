@@ -98,11 +98,13 @@ def receiver_route(receiver: str) -> Callable[[RouteBody], Handler]:
         @functools.wraps(body)
         async def handler(request: web.Request) -> web.Response:
             recv_ms = now_ms()
-            metrics = request.app[METRICS]
+            app = request.app
+            metrics = app[METRICS]
             metrics.beacon_received(receiver)
             headers: dict[str, str] = {}
             try:
-                headers = cors_headers(request, request.app[SETTINGS])
+                if "Origin" in request.headers:
+                    headers = cors_headers(request, app[SETTINGS])
                 return await body(request, recv_ms, headers)
             except Rejected as rejected:
                 metrics.beacon_rejected(receiver, rejected.code)
@@ -110,7 +112,7 @@ def receiver_route(receiver: str) -> Callable[[RouteBody], Handler]:
                                       headers | rejected.headers)  # fmt: skip
             finally:
                 if HELD in request:
-                    request.app[BODY_BUDGET].give_back(request)
+                    app[BODY_BUDGET].give_back(request)
 
         return handler
 
@@ -259,8 +261,9 @@ def now_ms() -> int:
 async def accept(request: web.Request, receiver: str, recv_ms: int, body: bytes) -> None:
     """Hand one validated-size body to the batcher and wait for its durable commit; raises
     `Rejected` with the core's verdict, or for overload / storage failure (503)."""
-    batcher = request.app[BATCHER]
-    settings = request.app[SETTINGS]
+    app = request.app
+    batcher = app[BATCHER]
+    settings = app[SETTINGS]
     ip = client_ip(request, settings)
     user_agent = request.headers.get("User-Agent", "")
     if not user_agent.isascii():

@@ -109,7 +109,10 @@ async def beacon_post(request: web.Request, recv_ms: int, headers: dict[str, str
     settings = request.app[SETTINGS]
     check_rate(request)
     body = await read_body(request, settings.max_body_bytes, settings.max_decompressed_bytes)
-    if "Content-Type" in request.headers and request.content_type not in RAW_TYPES:
+    content_type = request.headers.get("Content-Type")
+    # An exact `text/plain` (and no Content-Type) needs no parsing of the header.
+    if content_type is not None and content_type not in RAW_TYPES \
+            and request.content_type not in RAW_TYPES:  # fmt: skip
         if request.content_type != FORM_TYPE:
             raise Rejected(415, "unsupported_media_type",
                            f"Content-Type {request.content_type!r} is not text/plain, "
