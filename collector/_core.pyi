@@ -33,7 +33,8 @@ class IngestResult:
 class Sessionizer:
     def __init__(self, settings: Mapping[str, Any] | Any | None = None) -> None: ...
     def ingest(self, batch: bytes, now_ms: int) -> IngestResult:
-        """Apply framed WAL records in order, then close what is due at now_ms (as flush)."""
+        """Apply framed WAL records (version 1, JSON, or 2, from prepare) in order, then close
+        what is due at now_ms (as flush)."""
     def flush(self, now_ms: int) -> IngestResult: ...
     def live(self) -> list[ClosedSession]:
         """Open sessions changed since the last call: summary (live: true) and detail."""
@@ -47,7 +48,8 @@ def prepare(
     mask_ip: bool = True,
 ) -> tuple[bytes, list[tuple[str, str] | None], int]:
     """Validate (recv_ms, ip, user_agent, flags, body) requests; return the WAL value of the
-    accepted ones, a verdict per request (None or (reason, message)) and the accepted events."""
+    accepted ones (version-2 records: their beacons parsed once, docs/sessionizer.md section 1),
+    a verdict per request (None or (reason, message)) and the accepted events."""
 
 def mask_ip(ip: str) -> str | None: ...
 def parse_user_agent(ua: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector import _core
 from tests.reference.framing import (
@@ -24,7 +26,9 @@ from tests.reference.framing import (
     frame,
     load,
     payload_bytes,
+    prop,
     rage_click,
+    record_headers,
     vital,
     xhr,
 )
@@ -261,24 +265,89 @@ def test_prepare_frames_the_accepted_requests_with_the_ip_masked() -> None:
 
     assert [v if v is None else v[0] for v in verdicts] == [None, "bad_app", None]
     assert events == 4
-    records = list(parse_records(wal))
-    assert [(r.recv_ms, r.ip, r.user_agent, r.flags) for r in records] == [
-        (RECV_MS, "198.51.100.0", CHROME_UA, FLAG_DNT),
-        (RECV_MS, "2001:db8::", CHROME_UA, 0),
+    # version 2: the payload is the parsed beacons, not the JSON
+    assert record_headers(wal) == [
+        (2, FLAG_DNT, RECV_MS, "198.51.100.0", CHROME_UA),
+        (2, 0, RECV_MS, "2001:db8::", CHROME_UA),
     ]
-    assert all(r.payload == payload_bytes(good) for r in records)
+    assert list(parse_records(wal)) == [None, None], "the reference reads version 1 only"
+    result = _core.Sessionizer().ingest(wal, RECV_MS)
+    assert (result.beacons, result.events, result.rejected) == (2, 4, [])
 
 
 def test_prepare_can_keep_the_ip() -> None:
     wal, _, _ = _core.prepare([request(beacon())], 500, False)
-    (record,) = parse_records(wal)
-    assert record.ip == "198.51.100.77"
+    ((_, _, _, ip, _),) = record_headers(wal)
+    assert ip == "198.51.100.77"
 
 
 def test_prepare_output_is_what_ingest_takes() -> None:
     wal, _, _ = _core.prepare([request(beacon(events=[load()])), request(beacon(sid=SID[::-1]))])
     result = _core.Sessionizer().ingest(wal, RECV_MS)
     assert (result.beacons, result.events, result.rejected) == (2, 1, [])
+
+
+def test_json_and_parsed_records_mix_in_one_batch() -> None:
+    """Version-1 records (a WAL written before the upgrade) are still read, in order."""
+    parsed, _, _ = _core.prepare([request(beacon(events=[load()]))])
+    json_record = frame(beacon(sid=SID[::-1], events=[xhr(), {"type": "nope"}]))
+    result = _core.Sessionizer().ingest(json_record + parsed + json_record, RECV_MS)
+    assert (result.beacons, result.events, result.rejected) == (3, 3, [])
+    assert dict(result.dropped) == {"unknown_type": 2}
+
+
+def test_the_sessionizer_applies_its_own_max_events_to_parsed_records() -> None:
+    """As for a JSON record: a front with a higher limit does not bypass the sessionizer's."""
+    body = [beacon(events=[load(), xhr()]), beacon(events=[custom()])]
+    wal, _, _ = _core.prepare([request(body)], 500)
+    assert [
+        tuple(r) for r in _core.Sessionizer({"max_events": 2}).ingest(wal, RECV_MS).rejected
+    ] == [(0, 1, "too_many_events")]
+    assert _core.Sessionizer({"max_events": 3}).ingest(wal, RECV_MS).rejected == []
+
+
+def damaged(record: bytes, at: int, value: int) -> bytes:
+    """The record with one payload byte replaced, its frame intact."""
+    header = 4 + 12 + len("198.51.100.0") + 2 + len(CHROME_UA)
+    out = bytearray(record)
+    out[header + at % (len(record) - header)] = value
+    return bytes(out)
+
+
+def test_a_damaged_parsed_record_is_skipped_and_the_next_one_applied() -> None:
+    wal, _, _ = _core.prepare([request(beacon(events=[load()]))])
+    cut = wal[:4] + wal[4:][: len(wal) - 8]
+    cut = (len(cut) - 4).to_bytes(4, "little") + cut[4:]  # the frame says the shorter length
+    for bad in (cut, damaged(wal, 0, 0xFF)):
+        sessionizer = _core.Sessionizer()
+        result = sessionizer.ingest(bad + wal, RECV_MS)
+        assert [tuple(r) for r in result.rejected] == [(0, 0, "bad_record")]
+        assert (result.beacons, sessionizer.open_count()) == (1, 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
+)
+def test_damaged_parsed_records_never_raise_nor_corrupt_state(
+    damage: list[tuple[int, int]],
+) -> None:
+    """Whatever bytes of a parsed record's payload are damaged: it is applied (the damage left
+    it valid) or rejected as bad_record, and the sessionizer still flushes, checkpoints and
+    restores."""
+    events = [load(), xhr(traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01"), error(),
+              vital(), rage_click(), prop(), {"type": "identify", "user": "u"}, end()]  # fmt: skip
+    wal, _, _ = _core.prepare([request(beacon(events=events))])
+    for at, value in damage:
+        wal = damaged(wal, at, value)
+    sessionizer = _core.Sessionizer()
+    result = sessionizer.ingest(wal, RECV_MS)
+    assert [r[2] for r in result.rejected] in ([], ["bad_record"])
+    state = sessionizer.checkpoint()
+    sessionizer.live()
+    for closed in sessionizer.flush(RECV_MS + 10**9).closed:
+        json.loads(closed.summary), json.loads(closed.detail)
+    _core.Sessionizer().restore(state)
 
 
 # ---- library functions ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from tests.reference.framing import (
     payload_bytes,
     rage_click,
     raw_record,
+    record_headers,
     vital,
     xhr,
 )
@@ -114,6 +115,10 @@ def assert_same(rust: Any, python: Any, what: str) -> None:
 
 
 def run_both(config: dict[str, Any], steps: list[tuple[Any, ...]], stats: bool = False) -> None:
+    """Runs the steps on both implementations and compares every output. A batch step with a
+    fourth item gives the Rust core that batch instead: what `_core.prepare` wrote (version 2)
+    for the JSON records (version 1) the reference reads; `prepare` already kept the refused
+    requests and the damaged records out, so rejections are compared only to be none."""
     rust, python = _core.Sessionizer(dict(config)), ref.Sessionizer(dict(config))
     for number, step in enumerate(steps):
         what = f"step {number} {step[0]}"
@@ -123,10 +128,16 @@ def run_both(config: dict[str, Any], steps: list[tuple[Any, ...]], stats: bool =
             assert_same(rust_live, python_live, what)
         else:
             if step[0] == "batch":
-                rust_result, python_result = rust.ingest(*step[1:]), python.ingest(*step[1:])
+                rust_batch = step[3] if len(step) > 3 else step[1]
+                rust_result = rust.ingest(rust_batch, step[2])
+                python_result = python.ingest(step[1], step[2])
             else:
                 rust_result, python_result = rust.flush(step[1]), python.flush(step[1])
-            assert_same(result_view(rust_result), result_view(python_result), what)
+            rust_view, python_view = result_view(rust_result), result_view(python_result)
+            if len(step) > 3:
+                assert rust_view.pop("rejected") == [], what
+                python_view.pop("rejected")
+            assert_same(rust_view, python_view, what)
             if stats:  # shown by --hypothesis-show-statistics
                 for closed in python_result.closed:
                     hypothesis.event(f"end_reason {closed.end_reason}")
@@ -165,6 +176,9 @@ def test_long_quiet_sessions_match_reference(case: tuple[dict[str, Any], list[St
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 def test_prepare_matches_reference(case: tuple[list[Any], int, bool]) -> None:
+    """Same verdicts and event counts; the core's parsed records (version 2) say what the
+    reference's JSON records (version 1) say: same headers, and ingested they give the same
+    sessions."""
     batch, max_events, mask = case
     rust_wal, rust_verdicts, rust_events = _core.prepare(batch, max_events, mask)
     ref_wal, ref_verdicts, ref_events = ref.prepare(batch, max_events, mask)
@@ -172,7 +186,40 @@ def test_prepare_matches_reference(case: tuple[list[Any], int, bool]) -> None:
     assert reasons == [v if v is None else v[0] for v in ref_verdicts]
     assert all(v is None or v[1] for v in rust_verdicts), "every rejection has a message"
     assert rust_events == ref_events
-    assert rust_wal == ref_wal
+    rust_headers, ref_headers = record_headers(rust_wal), record_headers(ref_wal)
+    assert {h[0] for h in rust_headers} <= {2} and {h[0] for h in ref_headers} <= {1}
+    assert [h[1:] for h in rust_headers] == [h[1:] for h in ref_headers]
+    config = {"max_events": max_events, "mask_ip": mask}
+    run_both(config, [("batch", ref_wal, RECV_MS, rust_wal), ("flush", RECV_MS + 10**9)])
+
+
+def prepared(batch: bytes, config: dict[str, Any]) -> bytes:
+    """What the fronts would have written for the intact records of a batch of JSON records:
+    `_core.prepare` of their requests, with the same settings (damaged records and refused
+    requests never reach the WAL)."""
+    requests = [
+        (r.recv_ms, r.ip, r.user_agent, r.flags, r.payload)
+        for r in ref.parse_records(batch)
+        if r is not None
+    ]
+    wal, _, _ = _core.prepare(requests, config.get("max_events", 500), config.get("mask_ip", True))
+    return wal
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(stream())
+def test_parsed_records_give_what_json_records_give(
+    case: tuple[dict[str, Any], list[Step]],
+) -> None:
+    """The sessionizer fed what `prepare` writes (version 2, parsed once by the front) closes
+    exactly the sessions the reference closes from the same requests as JSON (version 1)."""
+    config, steps = case
+    steps = [(*step, prepared(step[1], config)) if step[0] == "batch" else step for step in steps]
+    run_both(config, steps)
 
 
 def test_a_fixed_stream_reaching_every_closing_rule() -> None:
@@ -254,9 +301,9 @@ def closed_after(sessionizer: Any, batch: bytes) -> list[Any]:
 
 
 def test_doc_1_a_bad_version_record_is_skipped_and_the_next_one_applied(core: Any) -> None:
-    """§1: a record with a bad version is reported (bad_record) and skipped; its length prefix
-    is intact, so the records after it in the same batch still count."""
-    bad_version = raw_record(b"\x02" + frame(beacon())[5:])
+    """§1: a record of an unknown version is reported (bad_record) and skipped; its length
+    prefix is intact, so the records after it in the same batch still count."""
+    bad_version = raw_record(b"\x09" + frame(beacon())[5:])
     result = core().ingest(bad_version + frame(beacon()), RECV_MS)
     assert [tuple(r) for r in result.rejected] == [(0, 0, "bad_record")]
     assert result.beacons == 1
@@ -346,3 +393,28 @@ def test_doc_3_an_error_kind_of_any_other_value_is_custom(core: Any, kind: Any) 
 def test_doc_3_the_end_reason_is_truncated_at_256(core: Any) -> None:
     (closed,) = core().ingest(frame(beacon(events=[end(reason="r" * 300)])), RECV_MS).closed
     assert json.loads(closed.detail)["end_detail"] == "r" * 256
+
+
+def test_a_flood_of_ids_forgets_the_oldest_tombstones_on_both_sides() -> None:
+    """§5: with `max_open_sessions` 2, closing a third session forgets the oldest tombstone,
+    so that key comes back as part 1, while a recent one comes back as part 2."""
+    config = {"timeout_ms": 60_000, "max_open_sessions": 2}
+    sids = [f"flood-sid-{i}" for i in range(5)]
+
+    def batch(sid: str, recv_ms: int) -> Step:
+        body = {"app": "shop", "sid": sid, "events": [{"type": "custom", "dur": 10}]}
+        return ("batch", frame(body, recv_ms=recv_ms), recv_ms)
+
+    steps = [batch(sid, RECV_MS + i) for i, sid in enumerate(sids)]
+    steps += [batch(sids[0], RECV_MS + 10), batch(sids[2], RECV_MS + 11),
+              ("flush", RECV_MS + 200_000)]  # fmt: skip
+    python = ref.Sessionizer(config)
+    parts = {}
+    for step in steps:
+        result = python.ingest(step[1], step[2]) if step[0] == "batch" else python.flush(step[1])
+        for closed in result.closed:
+            summary = json.loads(closed.summary)
+            parts.setdefault(summary["client_sid"], []).append(summary["part"])
+    assert parts[sids[0]] == [1, 1]  # its tombstone was forgotten
+    assert parts[sids[2]] == [1, 2]
+    run_both(config, steps)

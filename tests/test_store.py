@@ -143,14 +143,14 @@ def test_closed_session_with_indexes_replaces_live_and_is_idempotent(store: Stor
 
 def test_collector_grows_its_map_under_load(start_server: StartServer):
     server = start_server(env={"RUMLINE_STORAGE_MAP_SIZE": "1MiB"})
-    padding = "p" * 30_000
+    padding = "p" * 8192  # an error stack up to its limit: what the WAL keeps (parsed beacons)
     for i in range(100):  # 3 MB of beacons into a 1 MiB map
         body = orjson.dumps(
             {
                 "v": 1,
                 "app": "grow",
                 "sid": f"grow-session-{i % 5}",
-                "events": [{"type": "custom", "name": "n", "stack": padding}],
+                "events": [{"type": "error", "stack": padding}] * 4,
             }
         )
         assert server.request("POST", "/beacon", body)[0] == 204

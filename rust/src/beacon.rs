@@ -2,7 +2,7 @@
 //!
 //! Fields are read leniently into [`Scalar`] so a wrong type is a counted `bad_event`, never a
 //! failed request, and nothing is allocated for fields the core does not keep.
-use crate::privacy::Scrubber;
+use crate::wire::{ParsedBeacon, ParsedBody, ParsedEvent, ParsedResource};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -343,10 +343,28 @@ pub mod limits {
     pub const MAX_DUR: f64 = 86_400_000.0;
 }
 
+/// The first `max_chars` Unicode scalar values of `s`.
 pub fn truncate(s: &str, max_chars: usize) -> String {
-    match s.char_indices().nth(max_chars) {
-        Some((i, _)) => s[..i].to_owned(),
-        None => s.to_owned(),
+    s[..cut(s, max_chars)].to_owned()
+}
+
+/// Where `s` is cut to keep `max_chars` scalar values (no char is longer than a byte, so a
+/// string of at most `max_chars` bytes is kept whole without counting).
+fn cut(s: &str, max_chars: usize) -> usize {
+    if s.len() <= max_chars {
+        return s.len();
+    }
+    s.char_indices().nth(max_chars).map_or(s.len(), |(i, _)| i)
+}
+
+fn truncate_cow(s: Cow<'_, str>, max_chars: usize) -> Cow<'_, str> {
+    let end = cut(&s, max_chars);
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[..end]),
+        Cow::Owned(mut o) => {
+            o.truncate(end);
+            Cow::Owned(o)
+        }
     }
 }
 
@@ -383,6 +401,9 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in the order of their names (the keys of `errors_by_kind`).
+    pub const IN_KEY_ORDER: [ErrorKind; 3] = [ErrorKind::Custom, ErrorKind::Js, ErrorKind::Request];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Js => "js",
@@ -465,7 +486,6 @@ pub struct Beacon {
     pub screen: Option<String>,
     pub synthetic: bool,
     pub events: Vec<Event>,
-    pub dropped: Vec<Drop>,
 }
 
 /// The beacons of one request, before their events are parsed.
@@ -491,12 +511,12 @@ fn is_object(raw: &RawValue) -> bool {
     raw.get().starts_with('{')
 }
 
-fn valid_app(app: &str) -> bool {
+pub(crate) fn valid_app(app: &str) -> bool {
     (1..=64).contains(&app.len())
         && app.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn valid_sid(sid: &str) -> bool {
+pub(crate) fn valid_sid(sid: &str) -> bool {
     (8..=128).contains(&sid.len()) && sid.bytes().all(|b| (0x21..=0x7e).contains(&b))
 }
 
@@ -557,12 +577,23 @@ pub fn envelopes(payload: &[u8], max_events: usize) -> Result<Envelopes<'_>, (us
     Ok(Envelopes { raw })
 }
 
-fn opt_string(s: &Scalar, max: usize) -> Result<Option<String>, ()> {
-    Ok(s.string()?.map(|v| truncate(v, max)))
+/// A string field truncated; `Err` when of another type.
+fn opt_string(s: Scalar<'_>, max: usize) -> Result<Option<Cow<'_, str>>, ()> {
+    Ok(raw_string(s)?.map(|v| truncate_cow(v, max)))
 }
 
-fn scrubbed(s: &Scalar, max: usize, scrub: &Scrubber) -> Result<Option<String>, ()> {
-    Ok(s.string()?.map(|v| truncate(&scrub.scrub(v), max)))
+/// A string field as sent (to be scrubbed, then truncated, by the sessionizer).
+fn raw_string(s: Scalar<'_>) -> Result<Option<Cow<'_, str>>, ()> {
+    match s {
+        Scalar::Missing | Scalar::Null => Ok(None),
+        Scalar::Str(s) => Ok(Some(s)),
+        _ => Err(()),
+    }
+}
+
+/// A string field when it is one, else nothing (envelope fields of a wrong type are ignored).
+fn str_or_none(s: Scalar<'_>) -> Option<Cow<'_, str>> {
+    raw_string(s).ok().flatten()
 }
 
 fn start_of(s: &Scalar) -> Result<Option<f64>, ()> {
@@ -579,7 +610,7 @@ fn integer_in(s: &Scalar, lo: f64, hi: f64) -> Result<Option<f64>, ()> {
     }
 }
 
-fn valid_traceparent(tp: &str) -> bool {
+pub(crate) fn valid_traceparent(tp: &str) -> bool {
     let b = tp.as_bytes();
     let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
     let nonzero = |s: &[u8]| s.iter().any(|c| *c != b'0');
@@ -594,17 +625,17 @@ fn valid_traceparent(tp: &str) -> bool {
         && nonzero(&b[36..52])
 }
 
-fn timings(raw: Option<&RawValue>) -> Vec<(String, f64)> {
+fn timings<'a>(raw: Option<&RawValue>) -> Vec<(Cow<'a, str>, f64)> {
     let Some(raw) = raw.filter(|r| is_object(r)) else { return Vec::new() };
     let entries: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_str(raw.get());
     let Ok(entries) = entries else { return Vec::new() };
     entries
         .into_iter()
-        .filter_map(|(k, v)| v.as_f64().map(|n| (truncate(&k, limits::KEY), n)))
+        .filter_map(|(k, v)| v.as_f64().map(|n| (Cow::Owned(truncate(&k, limits::KEY)), n)))
         .collect()
 }
 
-fn resources(raw: Option<&RawValue>, scrub: &Scrubber) -> Vec<Resource> {
+fn resources(raw: Option<&RawValue>) -> Vec<ParsedResource<Cow<'_, str>>> {
     #[derive(Deserialize)]
     struct RawResource<'a> {
         #[serde(default, borrow)]
@@ -627,18 +658,18 @@ fn resources(raw: Option<&RawValue>, scrub: &Scrubber) -> Vec<Resource> {
         .filter(|r| is_object(r))
         .filter_map(|r| serde_json::from_str::<RawResource>(r.get()).ok())
         .take(limits::RESOURCES)
-        .map(|r| Resource {
-            url: scrubbed(&r.url, limits::URL, scrub).ok().flatten(),
-            initiator: opt_string(&r.initiator, limits::KEY).ok().flatten(),
+        .map(|r| ParsedResource {
             start: r.start.number().ok().flatten(),
             dur: r.dur.number().ok().flatten(),
             status: integer_in(&r.status, 0.0, 999.0).ok().flatten().map(|n| n as u16),
             size: r.size.number().ok().flatten(),
+            url: str_or_none(r.url),
+            initiator: opt_string(r.initiator, limits::KEY).ok().flatten(),
         })
         .collect()
 }
 
-fn parse_event(raw: ObjectOr<RawEvent>, scrub: &Scrubber) -> Result<Event, Drop> {
+fn parse_event(raw: ObjectOr<RawEvent<'_>>) -> Result<ParsedEvent<Cow<'_, str>>, Drop> {
     let ObjectOr::Object(e) = raw else { return Err(Drop::BadEvent) };
     let Scalar::Str(kind) = &e.kind_of_event else { return Err(Drop::BadEvent) };
     let bad = |()| Drop::BadEvent;
@@ -659,23 +690,19 @@ fn parse_event(raw: ObjectOr<RawEvent>, scrub: &Scrubber) -> Result<Event, Drop>
             Some(d) if (0.0..=limits::MAX_DUR).contains(&d) => d,
             Some(_) => return Err(Drop::BadEvent),
         };
-        let url = scrubbed(&e.url, limits::URL, scrub).map_err(bad)?;
-        let name = match scrubbed(&e.name, limits::URL, scrub).map_err(bad)? {
-            Some(n) => n,
-            None => url.clone().unwrap_or_else(|| action_type.as_str().to_owned()),
-        };
-        let traceparent = e.traceparent.string().map_err(bad)?.filter(|t| valid_traceparent(t)).map(str::to_owned);
-        EventBody::Action(Box::new(ActionEvent {
+        let status = integer_in(&e.status, 0.0, 999.0).map_err(bad)?.map(|n| n as u16);
+        let traceparent = raw_string(e.traceparent).map_err(bad)?.filter(|t| valid_traceparent(t));
+        ParsedBody::Action {
             kind: action_type,
-            name,
-            url,
-            method: opt_string(&e.method, limits::SHORT).map_err(bad)?,
+            name: raw_string(e.name).map_err(bad)?,
+            url: raw_string(e.url).map_err(bad)?,
+            method: opt_string(e.method, limits::SHORT).map_err(bad)?,
             dur,
-            status: integer_in(&e.status, 0.0, 999.0).map_err(bad)?.map(|n| n as u16),
+            status,
             traceparent,
             timings: timings(e.timing),
-            resources: resources(e.resources, scrub),
-        }))
+            resources: resources(e.resources),
+        }
     } else {
         match kind.as_ref() {
             "error" => {
@@ -684,10 +711,10 @@ fn parse_event(raw: ObjectOr<RawEvent>, scrub: &Scrubber) -> Result<Event, Drop>
                     Some("request") => ErrorKind::Request,
                     _ => ErrorKind::Custom,
                 };
-                EventBody::Error {
+                ParsedBody::Error {
                     kind,
-                    message: scrubbed(&e.message, limits::MESSAGE, scrub).map_err(bad)?,
-                    stack: opt_string(&e.stack, limits::STACK).map_err(bad)?,
+                    message: raw_string(e.message).map_err(bad)?,
+                    stack: opt_string(e.stack, limits::STACK).map_err(bad)?,
                 }
             }
             "vital" => {
@@ -696,43 +723,45 @@ fn parse_event(raw: ObjectOr<RawEvent>, scrub: &Scrubber) -> Result<Event, Drop>
                 if value < 0.0 {
                     return Err(Drop::BadEvent);
                 }
-                EventBody::Vital { name: truncate(&name.to_uppercase(), limits::URL), value }
+                ParsedBody::Vital { name: Cow::Owned(truncate(&name.to_uppercase(), limits::URL)), value }
             }
-            "rage_click" => EventBody::RageClick {
-                target: opt_string(&e.target, limits::SHORT).map_err(bad)?,
+            "rage_click" => ParsedBody::RageClick {
                 count: integer_in(&e.count, 1.0, f64::from(u32::MAX)).map_err(bad)?.map_or(3, |n| n as u32),
+                target: opt_string(e.target, limits::SHORT).map_err(bad)?,
             },
             "identify" => {
-                let user = e.user.string().map_err(bad)?.filter(|u| !u.is_empty()).ok_or(Drop::BadEvent)?;
-                EventBody::Identify(truncate(user, limits::USER))
+                let user = raw_string(e.user).map_err(bad)?.filter(|u| !u.is_empty()).ok_or(Drop::BadEvent)?;
+                ParsedBody::Identify(truncate_cow(user, limits::USER))
             }
             "property" => {
-                let key = e.key.string().map_err(bad)?.ok_or(Drop::BadEvent)?;
-                let value = e.value.string().map_err(bad)?.ok_or(Drop::BadEvent)?;
+                let key = raw_string(e.key).map_err(bad)?.ok_or(Drop::BadEvent)?;
+                let value = raw_string(e.value).map_err(bad)?.ok_or(Drop::BadEvent)?;
                 if key.is_empty() || key.chars().count() > limits::KEY {
                     return Err(Drop::BadEvent);
                 }
-                EventBody::Property(key.to_owned(), truncate(value, limits::PROPERTY_VALUE))
+                ParsedBody::Property(key, truncate_cow(value, limits::PROPERTY_VALUE))
             }
-            "end" => EventBody::End(opt_string(&e.reason, limits::SHORT).map_err(bad)?),
+            "end" => ParsedBody::End(opt_string(e.reason, limits::SHORT).map_err(bad)?),
             _ => return Err(Drop::UnknownType),
         }
     };
-    Ok(Event { start, body })
+    Ok(ParsedEvent { start, body })
 }
 
-impl Envelopes<'_> {
-    /// Parses the events of every beacon (docs §3).
-    pub fn into_beacons(self, scrub: &Scrubber) -> Vec<Beacon> {
+impl<'a> Envelopes<'a> {
+    /// Parses the events of every beacon (docs §3): everything but the settings-dependent
+    /// steps, which [`ParsedBeacon::into_beacon`] does.
+    pub fn into_parsed(self) -> Vec<ParsedBeacon<Cow<'a, str>>> {
         self.raw
             .into_iter()
             .map(|(b, raw_events)| {
                 let mut events = Vec::with_capacity(raw_events.len());
-                let mut dropped = Vec::new();
+                let (mut bad_events, mut unknown_events) = (0, 0);
                 for raw in raw_events {
-                    match parse_event(raw, scrub) {
+                    match parse_event(raw) {
                         Ok(e) => events.push(e),
-                        Err(d) => dropped.push(d),
+                        Err(Drop::BadEvent) => bad_events += 1,
+                        Err(Drop::UnknownType) => unknown_events += 1,
                     }
                 }
                 let page = match b.page {
@@ -743,17 +772,19 @@ impl Envelopes<'_> {
                     Some(ObjectOr::Object(d)) => d,
                     _ => RawDevice::default(),
                 };
-                Beacon {
-                    app: b.app.str_or_none().unwrap_or_default().to_owned(),
-                    sid: b.sid.str_or_none().unwrap_or_default().to_owned(),
-                    vid: b.vid.str_or_none().filter(|s| !s.is_empty()).map(|s| truncate(s, limits::SHORT)),
+                let non_empty = |s: Scalar<'a>, max: usize| str_or_none(s).filter(|s| !s.is_empty()).map(|s| truncate_cow(s, max));
+                ParsedBeacon {
                     sent: b.sent.number().ok().flatten().filter(|s| *s > 0.0),
-                    user: b.user.str_or_none().filter(|s| !s.is_empty()).map(|s| truncate(s, limits::USER)),
-                    page_url: page.url.str_or_none().map(|u| truncate(&scrub.scrub(u), limits::URL)),
-                    screen: device.screen.str_or_none().filter(|s| !s.is_empty()).map(|s| truncate(s, limits::SHORT)),
                     synthetic: b.synthetic == Scalar::Bool(true),
+                    app: str_or_none(b.app).unwrap_or_default(),
+                    sid: str_or_none(b.sid).unwrap_or_default(),
+                    vid: non_empty(b.vid, limits::SHORT),
+                    user: non_empty(b.user, limits::USER),
+                    page_url: str_or_none(page.url),
+                    screen: non_empty(device.screen, limits::SHORT),
                     events,
-                    dropped,
+                    bad_events,
+                    unknown_events,
                 }
             })
             .collect()

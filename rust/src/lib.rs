@@ -9,9 +9,11 @@ pub mod settings;
 pub mod useragent;
 pub mod ux;
 pub mod beacon;
+pub mod json;
 pub mod record;
 pub mod session;
 pub mod sessionizer;
+pub mod wire;
 
 #[cfg(feature = "python")]
 mod python;

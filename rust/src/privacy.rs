@@ -1,5 +1,6 @@
 //! IP masking and PII scrubbing, applied before anything is stored.
 use regex::Regex;
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
@@ -51,27 +52,30 @@ impl Scrubber {
         Ok(Scrubber { enabled, extra })
     }
 
-    pub fn scrub(&self, text: &str) -> String {
+    /// The text with every match replaced; borrowed when nothing matched.
+    pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
         if !self.enabled {
-            return text.to_owned();
+            return Cow::Borrowed(text);
         }
-        // cheap pre-check: most URLs and messages have neither '@' nor long digit runs
-        let mut out = std::borrow::Cow::Borrowed(text);
+        let mut out = Cow::Borrowed(text);
+        // cheap pre-checks: most URLs and messages have neither '@' nor 9 digits, which every
+        // match of the first and of the second pattern needs
         let may_have_email = text.contains('@') || text.contains("%40");
-        for (i, re) in builtin_patterns().iter().enumerate() {
-            if i == 0 && !may_have_email {
+        let may_have_digit_run = text.bytes().filter(u8::is_ascii_digit).count() >= 9;
+        for (re, may_match) in builtin_patterns().iter().zip([may_have_email, may_have_digit_run]) {
+            if !may_match {
                 continue;
             }
-            if let std::borrow::Cow::Owned(s) = re.replace_all(&out, MASK) {
-                out = std::borrow::Cow::Owned(s);
+            if let Cow::Owned(s) = re.replace_all(&out, MASK) {
+                out = Cow::Owned(s);
             }
         }
         for re in &self.extra {
-            if let std::borrow::Cow::Owned(s) = re.replace_all(&out, MASK) {
-                out = std::borrow::Cow::Owned(s);
+            if let Cow::Owned(s) = re.replace_all(&out, MASK) {
+                out = Cow::Owned(s);
             }
         }
-        out.into_owned()
+        out
     }
 }
 

@@ -2,12 +2,16 @@
 
 /// Bit 0 of the flags: Do-Not-Track or Global Privacy Control was set (drop user tags).
 pub const FLAG_DNT: u8 = 1;
-const VERSION: u8 = 1;
-const FIXED: usize = 1 + 1 + 8 + 2;
+/// The payload is the request's JSON body (what fronts wrote before version 2; still read).
+pub const JSON: u8 = 1;
+/// The payload is the request's beacons, parsed and validated by `prepare` (`wire.rs`).
+pub const PARSED: u8 = 2;
 
 /// One request as stored in the WAL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record<'a> {
+    /// [`JSON`] or [`PARSED`]: what the payload is
+    pub version: u8,
     pub flags: u8,
     pub recv_ms: u64,
     pub ip: &'a str,
@@ -21,21 +25,34 @@ impl Record<'_> {
     }
 }
 
-/// Appends one framed record to `out`.
+/// Appends one framed version-1 record (a JSON payload) to `out`.
 pub fn encode(out: &mut Vec<u8>, flags: u8, recv_ms: u64, ip: &str, ua: &str, payload: &[u8]) {
+    let at = begin(out, JSON, flags, recv_ms, ip, ua);
+    out.extend_from_slice(payload);
+    end(out, at);
+}
+
+/// Appends the header of a record to `out`; the caller appends the payload, then calls
+/// [`end`] with the position returned.
+pub fn begin(out: &mut Vec<u8>, version: u8, flags: u8, recv_ms: u64, ip: &str, ua: &str) -> usize {
     let ip = truncate_bytes(ip, u16::MAX as usize);
     let ua = truncate_bytes(ua, u16::MAX as usize);
-    let len = FIXED + ip.len() + 2 + ua.len() + payload.len();
-    out.reserve(4 + len);
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.push(VERSION);
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(version);
     out.push(flags);
     out.extend_from_slice(&recv_ms.to_le_bytes());
     out.extend_from_slice(&(ip.len() as u16).to_le_bytes());
     out.extend_from_slice(ip.as_bytes());
     out.extend_from_slice(&(ua.len() as u16).to_le_bytes());
     out.extend_from_slice(ua.as_bytes());
-    out.extend_from_slice(payload);
+    at
+}
+
+/// Writes the length prefix of the record begun at `at`.
+pub fn end(out: &mut [u8], at: usize) {
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 fn truncate_bytes(s: &str, max: usize) -> &str {
@@ -95,7 +112,7 @@ fn u16_at(buf: &mut &[u8]) -> Option<usize> {
 
 fn parse_body(mut body: &[u8]) -> Option<Record<'_>> {
     let head = take(&mut body, 2)?;
-    if head[0] != VERSION {
+    if !matches!(head[0], JSON | PARSED) {
         return None;
     }
     let recv = take(&mut body, 8)?;
@@ -104,7 +121,7 @@ fn parse_body(mut body: &[u8]) -> Option<Record<'_>> {
     let ip = std::str::from_utf8(take(&mut body, ip_len)?).ok()?;
     let ua_len = u16_at(&mut body)?;
     let user_agent = std::str::from_utf8(take(&mut body, ua_len)?).ok()?;
-    Some(Record { flags: head[1], recv_ms, ip, user_agent, payload: body })
+    Some(Record { version: head[0], flags: head[1], recv_ms, ip, user_agent, payload: body })
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! One user session: what it accumulates from beacons and how it is finalized (docs §5–§7).
-use crate::apdex::{self, ApdexCounts, Thresholds};
+use crate::apdex::{self, ApdexCategory, ApdexCounts, Thresholds};
 use crate::beacon::{ActionEvent, ActionType, ErrorKind, Resource};
 use crate::settings::Settings;
+use crate::json::JsonWriter;
 use crate::useragent::UserAgent;
 use crate::ux::{self, UxScore};
 use serde::{Deserialize, Serialize};
@@ -169,145 +170,6 @@ pub fn session_id(app: &str, sid: &str, part: u32, first_recv: i64) -> String {
     out
 }
 
-#[derive(Serialize)]
-struct Software<'a> {
-    family: &'a str,
-    version: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Summary<'a> {
-    session_id: &'a str,
-    client_sid: &'a str,
-    part: u32,
-    app: &'a str,
-    user_tag: Option<&'a str>,
-    visitor_id: Option<&'a str>,
-    start: i64,
-    end: i64,
-    duration_ms: i64,
-    end_reason: Option<&'static str>,
-    live: bool,
-    ux_score: Option<&'static str>,
-    apdex: Option<f64>,
-    apdex_counts: ApdexCounts,
-    action_count: usize,
-    error_count: usize,
-    errors_by_kind: BTreeMap<&'static str, u32>,
-    has_error: bool,
-    bounce: bool,
-    entry_page: Option<&'a str>,
-    exit_page: Option<&'a str>,
-    rage_clicks: usize,
-    vitals: BTreeMap<&'a str, VitalSummary>,
-    action_names: Vec<&'a str>,
-    browser: Software<'a>,
-    os: Software<'a>,
-    device_type: &'a str,
-    screen: Option<&'a str>,
-    ip: Option<&'a str>,
-    country: Option<&'a str>,
-    user_type: &'static str,
-    properties: BTreeMap<&'a str, &'a str>,
-}
-
-#[derive(Serialize)]
-struct VitalSummary {
-    value: f64,
-    rating: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct ActionOut<'a> {
-    index: usize,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    name: &'a str,
-    url: Option<&'a str>,
-    page: Option<&'a str>,
-    method: Option<&'a str>,
-    start: i64,
-    duration: f64,
-    apdex: &'static str,
-    status: Option<u16>,
-    traceparent: Option<&'a str>,
-    trace_id: Option<&'a str>,
-    timings: BTreeMap<&'a str, f64>,
-    resources: Vec<ResourceOut<'a>>,
-    error_count: u32,
-}
-
-#[derive(Serialize)]
-struct ResourceOut<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    url: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    initiator: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    start: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dur: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    size: Option<f64>,
-}
-
-impl<'a> From<&'a Resource> for ResourceOut<'a> {
-    fn from(r: &'a Resource) -> Self {
-        ResourceOut {
-            url: r.url.as_deref(),
-            initiator: r.initiator.as_deref(),
-            start: r.start,
-            dur: r.dur,
-            status: r.status,
-            size: r.size,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorOut<'a> {
-    kind: &'static str,
-    message: Option<&'a str>,
-    stack: Option<&'a str>,
-    start: i64,
-    action: Option<usize>,
-}
-
-#[derive(Serialize)]
-struct VitalOut<'a> {
-    name: &'a str,
-    value: f64,
-    rating: Option<&'static str>,
-    start: i64,
-}
-
-#[derive(Serialize)]
-struct RageOut<'a> {
-    target: Option<&'a str>,
-    count: u32,
-    start: i64,
-}
-
-#[derive(Serialize)]
-struct TagOut<'a> {
-    tag: &'a str,
-    at: i64,
-}
-
-#[derive(Serialize)]
-#[allow(clippy::struct_field_names)] // `end_detail` is the wire name (docs §7)
-struct Detail<'a> {
-    actions: Vec<ActionOut<'a>>,
-    errors: Vec<ErrorOut<'a>>,
-    vitals: Vec<VitalOut<'a>>,
-    rage_clicks: Vec<RageOut<'a>>,
-    user_tags: Vec<TagOut<'a>>,
-    properties: BTreeMap<&'a str, &'a str>,
-    end_detail: Option<&'a str>,
-}
-
 impl Session {
     pub fn new(app: &str, sid: &str, part: u32, recv: i64) -> Session {
         Session {
@@ -406,16 +268,17 @@ impl Session {
         }
     }
 
-    /// Builds the summary and detail. `end_reason` is `None` for a live (open) session, which
+    /// Builds the summary and detail; `id` is this session's [`Session::id`] (the caller has
+    /// usually computed it already). `end_reason` is `None` for a live (open) session, which
     /// gets no UX score. Adds the closed session's metrics to `metrics` when given.
     pub fn finalize(
         &self,
+        id: String,
         settings: &Settings,
         ua: &UserAgent,
         end_reason: Option<EndReason>,
         metrics: Option<&mut SessionMetrics>,
     ) -> Closed {
-        let id = self.id();
         // actions by (t, arrival): a stable sort keeps arrival order among equal times
         let mut order: Vec<usize> = (0..self.actions.len()).collect();
         order.sort_by_key(|&i| self.actions[i].t);
@@ -456,21 +319,21 @@ impl Session {
         let start = times.clone().chain(action_starts).min().unwrap_or(self.first_recv);
         let end = times.chain(action_ends).max().unwrap_or(self.last_recv);
 
-        let mut errors_by_kind: BTreeMap<&'static str, u32> = [("js", 0), ("request", 0), ("custom", 0)].into();
+        let mut errors_by_kind = [0u32; 3];
         for e in &self.errors {
-            *errors_by_kind.entry(e.kind.as_str()).or_default() += 1;
+            errors_by_kind[e.kind as usize] += 1;
         }
         let page_of = |i: usize| -> Option<&str> { self.page(&self.actions[i]).or(self.actions[i].url.as_deref()) };
         let entry_page = order.first().and_then(|&i| page_of(i));
         let exit_page = order.last().and_then(|&i| page_of(i));
 
-        let mut vitals: BTreeMap<&str, VitalSummary> = BTreeMap::new();
+        let mut vitals: BTreeMap<&str, (f64, Option<&'static str>)> = BTreeMap::new();
         for v in &self.vitals {
-            let slot = vitals.entry(&v.name).or_insert(VitalSummary { value: v.value, rating: None });
-            if v.value > slot.value {
-                slot.value = v.value;
+            let slot = vitals.entry(&v.name).or_insert((v.value, None));
+            if v.value > slot.0 {
+                slot.0 = v.value;
             }
-            slot.rating = apdex::vital_rating(&v.name, slot.value);
+            slot.1 = apdex::vital_rating(&v.name, slot.0);
         }
         let mut action_names: Vec<&str> = Vec::new();
         for &i in &order {
@@ -482,7 +345,8 @@ impl Session {
                 action_names.push(n);
             }
         }
-        let properties: BTreeMap<&str, &str> = self.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut properties: Vec<(&str, &str)> = self.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        properties.sort_unstable_by_key(|p| p.0); // keys are distinct (`set_property`)
         let user_type = if ua.robot {
             "robot"
         } else if self.synthetic {
@@ -490,112 +354,326 @@ impl Session {
         } else {
             "real"
         };
-        let summary = Summary {
-            session_id: &id,
-            client_sid: &self.sid,
-            part: self.part,
-            app: &self.app,
-            user_tag: self.user_tag.as_deref(),
-            visitor_id: self.visitor_id.as_deref(),
-            start,
-            end,
-            duration_ms: end - start,
-            end_reason: end_reason.map(EndReason::as_str),
-            live: end_reason.is_none(),
-            ux_score: ux_score.map(UxScore::as_str),
-            apdex: counts.score(),
-            apdex_counts: counts,
-            action_count: self.actions.len(),
-            error_count: self.errors.len(),
-            errors_by_kind,
-            has_error: !self.errors.is_empty(),
-            bounce: self.actions.len() <= 1,
-            entry_page,
-            exit_page,
-            rage_clicks: self.rage.len(),
-            vitals,
-            action_names,
-            browser: Software { family: &ua.browser.family, version: ua.browser.version.as_deref() },
-            os: Software { family: &ua.os.family, version: ua.os.version.as_deref() },
-            device_type: ua.device_type,
-            screen: self.screen.as_deref(),
-            ip: self.ip.as_deref(),
-            country: None,
-            user_type,
-            properties: properties.clone(),
-        };
-        let actions: Vec<ActionOut> = order
-            .iter()
-            .enumerate()
-            .map(|(pos, &i)| {
-                let a = &self.actions[i];
-                let x = a.extra();
-                ActionOut {
-                    index: pos,
-                    kind: a.kind.as_str(),
-                    name: &a.name,
-                    url: a.url.as_deref(),
-                    page: self.page(a),
-                    method: x.method.as_deref(),
-                    start: a.t,
-                    duration: a.dur,
-                    apdex: categories[pos].as_str(),
-                    status: a.status,
-                    traceparent: x.traceparent.as_deref(),
-                    trace_id: x.traceparent.as_deref().map(|t| &t[3..35]),
-                    timings: x.timings.iter().map(|(k, v)| (&**k, *v)).collect(),
-                    resources: x.resources.iter().map(ResourceOut::from).collect(),
-                    error_count: action_errors[pos],
+
+        let text_len = |s: &str| s.len() + 16;
+        let mut w = JsonWriter::with_capacity(
+            700 + self.actions.iter().take(MAX_ACTION_NAMES).map(|a| text_len(&a.name)).sum::<usize>()
+                + self.properties.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
+                + 2 * entry_page.map_or(0, text_len),
+        );
+        w.begin_object();
+        w.key("session_id");
+        w.str(&id);
+        w.key("client_sid");
+        w.str(&self.sid);
+        w.key("part");
+        w.int(self.part);
+        w.key("app");
+        w.str(&self.app);
+        w.key("user_tag");
+        w.opt_str(self.user_tag.as_deref());
+        w.key("visitor_id");
+        w.opt_str(self.visitor_id.as_deref());
+        w.key("start");
+        w.int(start);
+        w.key("end");
+        w.int(end);
+        w.key("duration_ms");
+        w.int(end - start);
+        w.key("end_reason");
+        w.opt_str(end_reason.map(EndReason::as_str));
+        w.key("live");
+        w.bool(end_reason.is_none());
+        w.key("ux_score");
+        w.opt_str(ux_score.map(UxScore::as_str));
+        w.key("apdex");
+        w.opt_float(counts.score());
+        w.key("apdex_counts");
+        w.begin_object();
+        w.key("satisfied");
+        w.int(counts.satisfied);
+        w.key("tolerating");
+        w.int(counts.tolerating);
+        w.key("frustrated");
+        w.int(counts.frustrated);
+        w.end_object();
+        w.key("action_count");
+        w.uint(self.actions.len());
+        w.key("error_count");
+        w.uint(self.errors.len());
+        w.key("errors_by_kind");
+        w.begin_object();
+        for kind in ErrorKind::IN_KEY_ORDER {
+            w.key(kind.as_str());
+            w.int(errors_by_kind[kind as usize]);
+        }
+        w.end_object();
+        w.key("has_error");
+        w.bool(!self.errors.is_empty());
+        w.key("bounce");
+        w.bool(self.actions.len() <= 1);
+        w.key("entry_page");
+        w.opt_str(entry_page);
+        w.key("exit_page");
+        w.opt_str(exit_page);
+        w.key("rage_clicks");
+        w.uint(self.rage.len());
+        w.key("vitals");
+        w.begin_object();
+        for (name, (value, rating)) in &vitals {
+            w.key_str(name);
+            w.begin_object();
+            w.key("value");
+            w.float(*value);
+            w.key("rating");
+            w.opt_str(*rating);
+            w.end_object();
+        }
+        w.end_object();
+        w.key("action_names");
+        w.begin_array();
+        for n in &action_names {
+            w.element();
+            w.str(n);
+        }
+        w.end_array();
+        for (key, software) in [("browser", &ua.browser), ("os", &ua.os)] {
+            w.key(key);
+            w.begin_object();
+            w.key("family");
+            w.str(&software.family);
+            w.key("version");
+            w.opt_str(software.version.as_deref());
+            w.end_object();
+        }
+        w.key("device_type");
+        w.str(ua.device_type);
+        w.key("screen");
+        w.opt_str(self.screen.as_deref());
+        w.key("ip");
+        w.opt_str(self.ip.as_deref());
+        w.key("country");
+        w.null();
+        w.key("user_type");
+        w.str(user_type);
+        w.key("properties");
+        write_properties(&mut w, &properties);
+        w.end_object();
+        let summary = w.into_bytes();
+
+        let mut w = JsonWriter::with_capacity(detail_capacity(self));
+        w.begin_object();
+        w.key("actions");
+        w.begin_array();
+        for (pos, &i) in order.iter().enumerate() {
+            let a = &self.actions[i];
+            let x = a.extra();
+            w.element();
+            w.begin_object();
+            w.key("index");
+            w.uint(pos);
+            w.key("type");
+            w.str(a.kind.as_str());
+            w.key("name");
+            w.str(&a.name);
+            w.key("url");
+            w.opt_str(a.url.as_deref());
+            w.key("page");
+            w.opt_str(self.page(a));
+            w.key("method");
+            w.opt_str(x.method.as_deref());
+            w.key("start");
+            w.int(a.t);
+            w.key("duration");
+            w.float(a.dur);
+            w.key("apdex");
+            w.str(categories[pos].as_str());
+            w.key("status");
+            w.opt_int(a.status);
+            w.key("traceparent");
+            w.opt_str(x.traceparent.as_deref());
+            w.key("trace_id");
+            w.opt_str(x.traceparent.as_deref().map(|t| &t[3..35]));
+            w.key("timings");
+            w.begin_object();
+            if !x.timings.is_empty() {
+                // truncated keys may repeat: the last value wins, as in a map
+                let timings: BTreeMap<&str, f64> = x.timings.iter().map(|(k, v)| (&**k, *v)).collect();
+                for (k, v) in timings {
+                    w.key_str(k);
+                    w.float(v);
                 }
-            })
-            .collect();
-        let detail = Detail {
-            actions,
-            errors: self
-                .errors
-                .iter()
-                .zip(&error_action)
-                .map(|(e, a)| ErrorOut {
-                    kind: e.kind.as_str(),
-                    message: e.message.as_deref(),
-                    stack: e.stack.as_deref(),
-                    start: e.t,
-                    action: *a,
-                })
-                .collect(),
-            vitals: self
-                .vitals
-                .iter()
-                .map(|v| VitalOut { name: &v.name, value: v.value, rating: apdex::vital_rating(&v.name, v.value), start: v.t })
-                .collect(),
-            rage_clicks: self.rage.iter().map(|r| RageOut { target: r.target.as_deref(), count: r.count, start: r.t }).collect(),
-            user_tags: self.user_tags.iter().map(|(tag, at)| TagOut { tag, at: *at }).collect(),
-            properties,
-            end_detail: self.end.as_ref().and_then(|e| e.0.as_deref()),
-        };
-        if let Some(m) = metrics {
-            for (pos, &i) in order.iter().enumerate() {
-                let key = (self.app.clone(), self.actions[i].kind.as_str(), categories[pos].as_str());
-                *m.actions.entry(key).or_default() += 1;
             }
-            for e in &self.errors {
-                *m.errors.entry((self.app.clone(), e.kind.as_str())).or_default() += 1;
+            w.end_object();
+            w.key("resources");
+            w.begin_array();
+            for r in &*x.resources {
+                w.element();
+                write_resource(&mut w, r);
+            }
+            w.end_array();
+            w.key("error_count");
+            w.int(action_errors[pos]);
+            w.end_object();
+        }
+        w.end_array();
+        w.key("errors");
+        w.begin_array();
+        for (e, action) in self.errors.iter().zip(&error_action) {
+            w.element();
+            w.begin_object();
+            w.key("kind");
+            w.str(e.kind.as_str());
+            w.key("message");
+            w.opt_str(e.message.as_deref());
+            w.key("stack");
+            w.opt_str(e.stack.as_deref());
+            w.key("start");
+            w.int(e.t);
+            w.key("action");
+            match action {
+                Some(a) => w.uint(*a),
+                None => w.null(),
+            }
+            w.end_object();
+        }
+        w.end_array();
+        w.key("vitals");
+        w.begin_array();
+        for v in &self.vitals {
+            w.element();
+            w.begin_object();
+            w.key("name");
+            w.str(&v.name);
+            w.key("value");
+            w.float(v.value);
+            w.key("rating");
+            w.opt_str(apdex::vital_rating(&v.name, v.value));
+            w.key("start");
+            w.int(v.t);
+            w.end_object();
+        }
+        w.end_array();
+        w.key("rage_clicks");
+        w.begin_array();
+        for r in &self.rage {
+            w.element();
+            w.begin_object();
+            w.key("target");
+            w.opt_str(r.target.as_deref());
+            w.key("count");
+            w.int(r.count);
+            w.key("start");
+            w.int(r.t);
+            w.end_object();
+        }
+        w.end_array();
+        w.key("user_tags");
+        w.begin_array();
+        for (tag, at) in &self.user_tags {
+            w.element();
+            w.begin_object();
+            w.key("tag");
+            w.str(tag);
+            w.key("at");
+            w.int(*at);
+            w.end_object();
+        }
+        w.end_array();
+        w.key("properties");
+        write_properties(&mut w, &properties);
+        w.key("end_detail");
+        w.opt_str(self.end.as_ref().and_then(|e| e.0.as_deref()));
+        w.end_object();
+        let detail = w.into_bytes();
+
+        if let Some(m) = metrics {
+            // counted per (type, category) first: one map entry per kind, not per action
+            let mut per_kind = [[0u64; 3]; 3];
+            for (pos, &i) in order.iter().enumerate() {
+                per_kind[self.actions[i].kind as usize][categories[pos] as usize] += 1;
+            }
+            for kind in [ActionType::Load, ActionType::Xhr, ActionType::Custom] {
+                for category in [ApdexCategory::Satisfied, ApdexCategory::Tolerating, ApdexCategory::Frustrated] {
+                    let n = per_kind[kind as usize][category as usize];
+                    if n > 0 {
+                        *m.actions.entry((self.app.clone(), kind.as_str(), category.as_str())).or_default() += n;
+                    }
+                }
+            }
+            for kind in ErrorKind::IN_KEY_ORDER {
+                let n = errors_by_kind[kind as usize];
+                if n > 0 {
+                    *m.errors.entry((self.app.clone(), kind.as_str())).or_default() += u64::from(n);
+                }
             }
             for v in &self.vitals {
                 m.vitals.push((self.app.clone(), v.name.clone(), v.value));
             }
         }
         Closed {
-            session_id: id.clone(),
+            session_id: id,
             app: self.app.clone(),
             user_tag: self.user_tag.clone(),
             start_ms: start,
             end_ms: end,
             end_reason,
-            summary: serde_json::to_vec(&summary).expect("summary serializes"),
-            detail: serde_json::to_vec(&detail).expect("detail serializes"),
+            summary,
+            detail,
         }
     }
+}
+
+fn write_properties(w: &mut JsonWriter, properties: &[(&str, &str)]) {
+    w.begin_object();
+    for (k, v) in properties {
+        w.key_str(k);
+        w.str(v);
+    }
+    w.end_object();
+}
+
+/// A resource entry leaves its absent fields out.
+fn write_resource(w: &mut JsonWriter, r: &Resource) {
+    w.begin_object();
+    if let Some(url) = &r.url {
+        w.key("url");
+        w.str(url);
+    }
+    if let Some(initiator) = &r.initiator {
+        w.key("initiator");
+        w.str(initiator);
+    }
+    for (key, value) in [("start", r.start), ("dur", r.dur)] {
+        if let Some(v) = value {
+            w.key(key);
+            w.float(v);
+        }
+    }
+    if let Some(status) = r.status {
+        w.key("status");
+        w.int(status);
+    }
+    if let Some(size) = r.size {
+        w.key("size");
+        w.float(size);
+    }
+    w.end_object();
+}
+
+/// Enough for a session's detail in one allocation, most of the time.
+fn detail_capacity(s: &Session) -> usize {
+    let opt = |o: &Option<Box<str>>| o.as_deref().map_or(0, str::len);
+    let actions: usize = s
+        .actions
+        .iter()
+        .map(|a| 330 + a.name.len() + opt(&a.url) + a.extra.as_ref().map_or(0, |x| 200 + 90 * x.resources.len() + 30 * x.timings.len()))
+        .sum();
+    let text = |o: &Option<String>| o.as_deref().map_or(0, str::len);
+    let errors: usize = s.errors.iter().map(|e| 90 + text(&e.message) + text(&e.stack)).sum();
+    let pages: usize = s.pages.iter().map(|p| p.len()).max().unwrap_or(0) * s.actions.len();
+    200 + actions + pages + errors + 90 * (s.vitals.len() + s.rage.len() + s.user_tags.len())
+        + s.properties.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
 }
 
 /// Position (in time order) of the action an error at `t` belongs to (docs §6).

@@ -6,6 +6,7 @@ use crate::record::{self, Record};
 use crate::session::{Closed, EndReason, ErrorRec, RageRec, Session, SessionMetrics, VitalRec};
 use crate::settings::Settings;
 use crate::useragent::UaCache;
+use crate::wire::{self, ParsedBeacon};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -102,22 +103,42 @@ impl Sessionizer {
     }
 
     fn ingest_record(&mut self, ri: usize, rec: &Record, out: &mut Output) {
-        let envelopes = match beacon::envelopes(rec.payload, self.settings.max_events as usize) {
-            Ok(e) => e,
-            Err((bi, why)) => {
-                out.rejected.push((ri, bi, why.code()));
+        let max_events = self.settings.max_events as usize;
+        if rec.version == record::PARSED {
+            let Some(beacons) = wire::decode(rec.payload) else {
+                out.rejected.push((ri, 0, Rejection::BadRecord.code()));
                 return;
+            };
+            // `prepare` checked the front's limit; the sessionizer's own applies, as for JSON
+            let mut total = 0;
+            for (bi, b) in beacons.iter().enumerate() {
+                total += b.events.len() + (b.bad_events + b.unknown_events) as usize;
+                if total > max_events {
+                    out.rejected.push((ri, bi, Rejection::TooManyEvents.code()));
+                    return;
+                }
             }
-        };
-        let beacons = envelopes.into_beacons(&self.scrubber);
+            self.apply_beacons(rec, beacons, out);
+        } else {
+            match beacon::envelopes(rec.payload, max_events) {
+                Ok(e) => self.apply_beacons(rec, e.into_parsed(), out),
+                Err((bi, why)) => out.rejected.push((ri, bi, why.code())),
+            }
+        }
+    }
+
+    fn apply_beacons<S: AsRef<str> + Into<String>>(&mut self, rec: &Record, beacons: Vec<ParsedBeacon<S>>, out: &mut Output) {
         let ip = if self.settings.mask_ip { privacy::mask_ip(rec.ip) } else { Some(rec.ip.to_owned()).filter(|s| !s.is_empty()) };
         let recv = rec.recv_ms as i64;
-        for mut b in beacons {
+        for parsed in beacons {
+            for (why, n) in parsed.dropped() {
+                if n > 0 {
+                    *out.dropped.entry(why.code()).or_default() += u64::from(n);
+                }
+            }
+            let mut b = parsed.into_beacon(&self.scrubber);
             out.beacons += 1;
             out.events += b.events.len() as u64;
-            for d in &b.dropped {
-                *out.dropped.entry(d.code()).or_default() += 1;
-            }
             let events = std::mem::take(&mut b.events);
             let ctx = BeaconCtx { recv, dnt: rec.dnt(), ip: ip.as_deref(), user_agent: rec.user_agent, beacon: &b };
             self.apply(&ctx, events, out);
@@ -136,16 +157,19 @@ impl Sessionizer {
         s
     }
 
-    /// Closes a session taken out of the open map: leaves its tombstone, emits it.
-    fn finish(&mut self, key: &str, s: Session, reason: EndReason, out: &mut Output) {
+    /// Closes a session taken out of the open map: leaves its tombstone, emits it. `id` is the
+    /// session's id when the caller has it already.
+    fn finish(&mut self, key: &str, s: Session, id: Option<String>, reason: EndReason, out: &mut Output) {
         match self.tombstones.get_mut(key) {
             Some(t) => *t = Tombstone { part: s.part, last_recv: s.last_recv },
             None => {
                 self.tombstones.insert(key.to_owned(), Tombstone { part: s.part, last_recv: s.last_recv });
+                self.enforce_tombstone_limit();
             }
         }
         let ua = self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""));
-        out.closed.push(s.finalize(&self.settings, &ua, Some(reason), Some(&mut out.metrics)));
+        let id = id.unwrap_or_else(|| s.id());
+        out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics)));
     }
 
     /// Applies one beacon. The session is taken out of the map for the beacon's events (one
@@ -157,11 +181,11 @@ impl Sessionizer {
         let max_duration = self.settings.max_duration_ms as i64;
         let mut current = match self.open.remove(&key) {
             Some(s) if ctx.recv - s.last_recv >= timeout => {
-                self.finish(&key, s, EndReason::Timeout, out);
+                self.finish(&key, s, None, EndReason::Timeout, out);
                 None
             }
             Some(s) if ctx.recv - s.first_recv >= max_duration => {
-                self.finish(&key, s, EndReason::DurationLimit, out);
+                self.finish(&key, s, None, EndReason::DurationLimit, out);
                 None
             }
             Some(mut s) => {
@@ -195,7 +219,7 @@ impl Sessionizer {
                 None => self.new_session(&key, ctx),
             };
             if matches!(ev.body, EventBody::Action(_)) && s.actions.len() >= max_actions {
-                self.finish(&key, s, EndReason::ActionLimit, out);
+                self.finish(&key, s, None, EndReason::ActionLimit, out);
                 s = self.new_session(&key, ctx);
             }
             s.dirty = true;
@@ -212,7 +236,7 @@ impl Sessionizer {
                 EventBody::Property(k, v) => s.set_property(k, v),
                 EventBody::End(reason) => {
                     s.end = Some((reason, t));
-                    self.finish(&key, s, EndReason::EndEvent, out);
+                    self.finish(&key, s, None, EndReason::EndEvent, out);
                     continue;
                 }
             }
@@ -241,10 +265,25 @@ impl Sessionizer {
             .map(|(key, s)| (s.last_recv, s.id(), key.clone()))
             .collect();
         oldest.sort_unstable();
-        for (_, _, key) in oldest.into_iter().take(k) {
+        for (_, id, key) in oldest.into_iter().take(k) {
             let s = self.open.remove(&key).expect("listed above");
-            self.finish(&key, s, EndReason::OpenLimit, out);
+            self.finish(&key, s, Some(id), EndReason::OpenLimit, out);
         }
+    }
+
+    /// Bounds the tombstones as the open sessions are bounded (docs §5): a flood of new ids
+    /// closes sessions faster than `flush` forgets their tombstones. Over `max_open_sessions`,
+    /// every tombstone as old as the k-th oldest (k = 1 %, at least one) is forgotten; its key
+    /// would open part 1 again (session ids still differ: they include `first_recv`).
+    fn enforce_tombstone_limit(&mut self) {
+        let cap = usize::try_from(self.settings.max_open_sessions).unwrap_or(usize::MAX);
+        if self.tombstones.len() <= cap {
+            return;
+        }
+        let k = (cap / 100).max(1);
+        let mut recv: Vec<i64> = self.tombstones.values().map(|t| t.last_recv).collect();
+        let (_, &mut boundary, _) = recv.select_nth_unstable(k - 1);
+        self.tombstones.retain(|_, t| t.last_recv > boundary);
     }
 
     /// Closes every session that is due at `now`, sorted by session id; forgets old tombstones.
@@ -267,9 +306,9 @@ impl Sessionizer {
             })
             .collect();
         due.sort_by(|a, b| a.0.cmp(&b.0));
-        for (_, key, reason) in due {
+        for (id, key, reason) in due {
             let s = self.open.remove(&key).expect("due keys are open");
-            self.finish(&key, s, reason, &mut out);
+            self.finish(&key, s, Some(id), reason, &mut out);
         }
         self.tombstones.retain(|_, t| now - t.last_recv < timeout);
         out
@@ -287,7 +326,8 @@ impl Sessionizer {
             };
             let s = self.open.get_mut(&k).expect("key listed above");
             s.dirty = false;
-            out.push(s.finalize(&self.settings, &ua, None, None));
+            let id = s.id();
+            out.push(s.finalize(id, &self.settings, &ua, None, None));
         }
         out
     }
@@ -362,6 +402,8 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// Validates and parses each request once; the accepted ones become version-2 records (their
+/// beacons parsed, `wire.rs`), so the sessionizer does not parse their JSON again.
 pub fn prepare(requests: &[Request], max_events: usize, mask_ip: bool) -> Prepared {
     let mut p = Prepared { wal: Vec::new(), verdicts: Vec::with_capacity(requests.len()), events: 0 };
     for r in requests {
@@ -369,7 +411,9 @@ pub fn prepare(requests: &[Request], max_events: usize, mask_ip: bool) -> Prepar
             Ok(env) => {
                 p.events += env.event_count() as u64;
                 let ip = if mask_ip { privacy::mask_ip(r.ip).unwrap_or_default() } else { r.ip.to_owned() };
-                record::encode(&mut p.wal, r.flags, r.recv_ms, &ip, r.user_agent, r.body);
+                let at = record::begin(&mut p.wal, record::PARSED, r.flags, r.recv_ms, &ip, r.user_agent);
+                p.wal = wire::encode(&env.into_parsed(), std::mem::take(&mut p.wal));
+                record::end(&mut p.wal, at);
                 p.verdicts.push(None);
             }
             Err((_, why)) => p.verdicts.push(Some(why)),
@@ -822,6 +866,23 @@ mod tests {
         let closed = only(&out);
         assert_eq!(closed.end_reason, Some(EndReason::OpenLimit));
         assert_eq!(summary(closed)["client_sid"], "sid-000c");
+    }
+
+    #[test]
+    fn tombstones_are_bounded_like_open_sessions() {
+        let mut s = core(json!({"max_open_sessions": 200}));
+        for i in 0..2_000i64 {
+            let sid: &'static str = Box::leak(format!("flood-{i:05}").into_boxed_str());
+            run(&mut s, &[beacon(T0 + i).sid(sid)], T0 + i);
+            assert!(s.open_count() <= 200 && s.tombstones.len() <= 200, "at {i}");
+        }
+        // the most recent tombstones are kept: a session closed a moment ago comes back as part 2
+        let recent = "flood-01798"; // closed by the cap, its tombstone among the newest
+        let out = run(&mut s, &[beacon(T0 + 2_000).sid(recent)], T0 + 2_000);
+        assert!(out.closed.iter().all(|c| summary(c)["client_sid"] != recent));
+        let live = s.live();
+        let part = live.iter().map(summary).find(|v| v["client_sid"] == recent).unwrap()["part"].clone();
+        assert_eq!(part, 2);
     }
 
     #[test]

@@ -32,6 +32,7 @@ __all__ = [
     "prop",
     "rage_click",
     "raw_record",
+    "record_headers",
     "vital",
     "xhr",
 ]
@@ -72,6 +73,24 @@ def frame(
 ) -> bytes:
     """One framed record: u32le len | version 1 | flags | recv_ms | ip | user agent | payload."""
     return encode_record(recv_ms, ip, user_agent, flags, payload_bytes(payload))
+
+
+def record_headers(batch: bytes) -> list[tuple[int, int, int, str, str]]:
+    """(version, flags, recv_ms, ip, user agent) of each intact record of a batch, whatever its
+    version: the header is the same for the JSON records (1) the reference reads and the parsed
+    records (2) that `_core.prepare` writes."""
+    out = []
+    pos = 0
+    while pos + 4 <= len(batch):
+        (length,) = struct.unpack_from("<I", batch, pos)
+        body = batch[pos + 4 : pos + 4 + length]
+        pos += 4 + length
+        version, flags, recv_ms, ip_len = struct.unpack_from("<BBQH", body, 0)
+        at = 12 + ip_len
+        (ua_len,) = struct.unpack_from("<H", body, at)
+        ip, ua = body[12:at].decode(), body[at + 2 : at + 2 + ua_len].decode()
+        out.append((version, flags, recv_ms, ip, ua))
+    return out
 
 
 def raw_record(body: bytes) -> bytes:

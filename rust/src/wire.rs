@@ -1,0 +1,294 @@
+//! Beacons parsed and validated, before the steps that depend on the sessionizer's settings:
+//! what a version-2 WAL record carries (docs §1).
+//!
+//! `prepare` parses each request's JSON once into these types and stores them in postcard
+//! (compact, positional: a string is its length and its bytes, a number 8 bytes), so `ingest`
+//! reads them back without parsing JSON again. PII scrubbing (and truncating the scrubbed text,
+//! which comes after it) depends on the sessionizer's settings: those fields are stored as sent
+//! and finished by [`ParsedBeacon::into_beacon`]. Everything else is already checked and
+//! truncated. The types are generic over the string: `Cow<str>` when built from JSON, `&str`
+//! when decoded from a record (borrowed from the batch, nothing copied until a session keeps it).
+use crate::beacon::{limits, truncate, valid_app, valid_sid, valid_traceparent, ActionEvent, ActionType, Beacon, Drop, ErrorKind, Event, EventBody, Resource};
+use crate::privacy::Scrubber;
+use serde::{Deserialize, Serialize};
+
+/// One beacon of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParsedBeacon<S> {
+    pub app: S,
+    pub sid: S,
+    /// non-empty, truncated
+    pub vid: Option<S>,
+    /// > 0
+    pub sent: Option<f64>,
+    /// non-empty, truncated
+    pub user: Option<S>,
+    /// as sent: scrubbed, then truncated, by `into_beacon`
+    pub page_url: Option<S>,
+    /// non-empty, truncated
+    pub screen: Option<S>,
+    pub synthetic: bool,
+    pub events: Vec<ParsedEvent<S>>,
+    /// events dropped as `bad_event`
+    pub bad_events: u32,
+    /// events dropped as `unknown_type`
+    pub unknown_events: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParsedEvent<S> {
+    pub start: Option<f64>,
+    pub body: ParsedBody<S>,
+}
+
+/// An event's fields; `name`, `url`, `message` and resource URLs as sent (scrubbed later),
+/// every other string truncated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ParsedBody<S> {
+    Action {
+        kind: ActionType,
+        name: Option<S>,
+        url: Option<S>,
+        method: Option<S>,
+        dur: f64,
+        status: Option<u16>,
+        /// valid (checked by the parser)
+        traceparent: Option<S>,
+        timings: Vec<(S, f64)>,
+        resources: Vec<ParsedResource<S>>,
+    },
+    Error { kind: ErrorKind, message: Option<S>, stack: Option<S> },
+    Vital { name: S, value: f64 },
+    RageClick { target: Option<S>, count: u32 },
+    Identify(S),
+    Property(S, S),
+    End(Option<S>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParsedResource<S> {
+    /// as sent (scrubbed later)
+    pub url: Option<S>,
+    pub initiator: Option<S>,
+    pub start: Option<f64>,
+    pub dur: Option<f64>,
+    pub status: Option<u16>,
+    pub size: Option<f64>,
+}
+
+/// Appends the postcard form of a request's beacons to `out`.
+pub fn encode<S: Serialize>(beacons: &[ParsedBeacon<S>], out: Vec<u8>) -> Vec<u8> {
+    postcard::to_extend(beacons, out).expect("parsed beacons serialize")
+}
+
+/// Reads the beacons of a version-2 record. `None` when the payload is damaged: it does not
+/// decode, has bytes left over, or holds anything `prepare` could not have written (a record
+/// is applied whole or not at all).
+pub fn decode(payload: &[u8]) -> Option<Vec<ParsedBeacon<&str>>> {
+    let (beacons, rest): (Vec<ParsedBeacon<&str>>, &[u8]) = postcard::take_from_bytes(payload).ok()?;
+    (rest.is_empty() && !beacons.is_empty() && beacons.iter().all(ParsedBeacon::is_valid)).then_some(beacons)
+}
+
+fn within(s: Option<&impl AsRef<str>>, max_chars: usize) -> bool {
+    s.is_none_or(|s| {
+        let s = s.as_ref();
+        s.len() <= max_chars || s.chars().count() <= max_chars
+    })
+}
+
+fn number_in(n: Option<f64>, lo: f64, hi: f64) -> bool {
+    n.is_none_or(|n| (lo..=hi).contains(&n))
+}
+
+fn finite(n: Option<f64>) -> bool {
+    n.is_none_or(f64::is_finite)
+}
+
+impl<S: AsRef<str>> ParsedBeacon<S> {
+    /// What the parser guarantees, checked again on a decoded record so that a damaged one
+    /// cannot reach a session (a cut traceparent would, for one, break the detail).
+    pub fn is_valid(&self) -> bool {
+        valid_app(self.app.as_ref())
+            && valid_sid(self.sid.as_ref())
+            && self.sent.is_none_or(|s| s > 0.0 && s.is_finite())
+            && [&self.vid, &self.screen].iter().all(|s| within(s.as_ref(), limits::SHORT) && s.as_ref().is_none_or(|s| !s.as_ref().is_empty()))
+            && within(self.user.as_ref(), limits::USER)
+            && self.user.as_ref().is_none_or(|s| !s.as_ref().is_empty())
+            && self.events.iter().all(ParsedEvent::is_valid)
+    }
+}
+
+impl<S: AsRef<str>> ParsedEvent<S> {
+    fn is_valid(&self) -> bool {
+        if !number_in(self.start, 0.0, limits::MAX_START) {
+            return false;
+        }
+        match &self.body {
+            ParsedBody::Action { method, dur, status, traceparent, timings, resources, .. } => {
+                (0.0..=limits::MAX_DUR).contains(dur)
+                    && within(method.as_ref(), limits::SHORT)
+                    && status.is_none_or(|s| s <= 999)
+                    && traceparent.as_ref().is_none_or(|t| valid_traceparent(t.as_ref()))
+                    && timings.iter().all(|(k, v)| within(Some(k), limits::KEY) && v.is_finite())
+                    && resources.len() <= limits::RESOURCES
+                    && resources.iter().all(|r| {
+                        within(r.initiator.as_ref(), limits::KEY)
+                            && r.status.is_none_or(|s| s <= 999)
+                            && finite(r.start)
+                            && finite(r.dur)
+                            && finite(r.size)
+                    })
+            }
+            ParsedBody::Error { stack, .. } => within(stack.as_ref(), limits::STACK),
+            ParsedBody::Vital { name, value } => within(Some(name), limits::URL) && *value >= 0.0 && value.is_finite(),
+            ParsedBody::RageClick { target, count } => within(target.as_ref(), limits::SHORT) && *count >= 1,
+            ParsedBody::Identify(user) => !user.as_ref().is_empty() && within(Some(user), limits::USER),
+            ParsedBody::Property(key, value) => {
+                !key.as_ref().is_empty() && within(Some(key), limits::KEY) && within(Some(value), limits::PROPERTY_VALUE)
+            }
+            ParsedBody::End(reason) => within(reason.as_ref(), limits::SHORT),
+        }
+    }
+}
+
+/// Scrubbed, then truncated (docs §9: text is scrubbed before it is truncated).
+fn clean(s: &str, max: usize, scrub: &Scrubber) -> String {
+    truncate(&scrub.scrub(s), max)
+}
+
+impl<S: AsRef<str> + Into<String>> ParsedBeacon<S> {
+    /// The events that were dropped, by reason, as counts.
+    pub fn dropped(&self) -> [(Drop, u32); 2] {
+        [(Drop::BadEvent, self.bad_events), (Drop::UnknownType, self.unknown_events)]
+    }
+
+    /// The beacon the sessionizer applies: the settings-dependent steps done.
+    pub fn into_beacon(self, scrub: &Scrubber) -> Beacon {
+        let events = self
+            .events
+            .into_iter()
+            .map(|e| {
+                let body = match e.body {
+                    ParsedBody::Action { kind, name, url, method, dur, status, traceparent, timings, resources } => {
+                        let url = url.map(|u| clean(u.as_ref(), limits::URL, scrub));
+                        let name = match name {
+                            Some(n) => clean(n.as_ref(), limits::URL, scrub),
+                            None => url.clone().unwrap_or_else(|| kind.as_str().to_owned()),
+                        };
+                        EventBody::Action(Box::new(ActionEvent {
+                            kind,
+                            name,
+                            url,
+                            method: method.map(Into::into),
+                            dur,
+                            status,
+                            traceparent: traceparent.map(Into::into),
+                            timings: timings.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+                            resources: resources
+                                .into_iter()
+                                .map(|r| Resource {
+                                    url: r.url.map(|u| clean(u.as_ref(), limits::URL, scrub)),
+                                    initiator: r.initiator.map(Into::into),
+                                    start: r.start,
+                                    dur: r.dur,
+                                    status: r.status,
+                                    size: r.size,
+                                })
+                                .collect(),
+                        }))
+                    }
+                    ParsedBody::Error { kind, message, stack } => EventBody::Error {
+                        kind,
+                        message: message.map(|m| clean(m.as_ref(), limits::MESSAGE, scrub)),
+                        stack: stack.map(Into::into),
+                    },
+                    ParsedBody::Vital { name, value } => EventBody::Vital { name: name.into(), value },
+                    ParsedBody::RageClick { target, count } => EventBody::RageClick { target: target.map(Into::into), count },
+                    ParsedBody::Identify(user) => EventBody::Identify(user.into()),
+                    ParsedBody::Property(k, v) => EventBody::Property(k.into(), v.into()),
+                    ParsedBody::End(reason) => EventBody::End(reason.map(Into::into)),
+                };
+                Event { start: e.start, body }
+            })
+            .collect();
+        Beacon {
+            app: self.app.into(),
+            sid: self.sid.into(),
+            vid: self.vid.map(Into::into),
+            sent: self.sent,
+            user: self.user.map(Into::into),
+            page_url: self.page_url.map(|u| clean(u.as_ref(), limits::URL, scrub)),
+            screen: self.screen.map(Into::into),
+            synthetic: self.synthetic,
+            events,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::beacon::envelopes;
+
+    const BODY: &[u8] = br#"[{"app":"shop","sid":"sid-0001","vid":"v","sent":5,"user":"u@example.com","page":{"url":"/a?mail=x@example.com"},"events":[
+        {"type":"xhr","name":"GET \"/x\"","status":500,"dur":3,"start":1,"timing":{"ttfb":1},"resources":[{"url":"/r","size":3}],
+         "traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+        {"type":"error","kind":"js","message":"m","stack":"s"},{"type":"vital","name":"lcp","value":1},
+        {"type":"rage_click"},{"type":"identify","user":"w"},{"type":"property","key":"k","value":"v"},{"type":"end"},
+        {"type":"zzz"},{"type":"load","dur":-1}]},{"app":"blog","sid":"sid-0002"}]"#;
+
+    fn parsed() -> Vec<ParsedBeacon<String>> {
+        let json = envelopes(BODY, 500).unwrap().into_parsed();
+        let bytes = encode(&json, Vec::new());
+        decode(&bytes).unwrap().into_iter().map(owned).collect()
+    }
+
+    fn owned(b: ParsedBeacon<&str>) -> ParsedBeacon<String> {
+        let bytes = encode(&[b], Vec::new());
+        postcard::from_bytes::<Vec<ParsedBeacon<String>>>(&bytes).unwrap().pop().unwrap()
+    }
+
+    #[test]
+    fn a_request_reads_back_as_parsed() {
+        let json = envelopes(BODY, 500).unwrap().into_parsed();
+        let bytes = encode(&json, Vec::new());
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!((back[0].events.len(), back[0].bad_events, back[0].unknown_events), (7, 1, 1));
+        // the parsed beacons are what the JSON gives, field by field
+        let scrub = Scrubber::new(true, &[]).unwrap();
+        for (a, b) in json.into_iter().zip(back) {
+            assert_eq!(a.into_beacon(&scrub), b.into_beacon(&scrub));
+        }
+    }
+
+    #[test]
+    fn scrubbing_is_left_to_the_sessionizer() {
+        let b = &parsed()[0];
+        assert_eq!(b.page_url.as_deref(), Some("/a?mail=x@example.com"));
+        let scrubbed = b.clone().into_beacon(&Scrubber::new(true, &[]).unwrap());
+        assert_eq!(scrubbed.page_url.as_deref(), Some("/a?mail=<masked>"));
+        let kept = b.clone().into_beacon(&Scrubber::new(false, &[]).unwrap());
+        assert_eq!(kept.page_url.as_deref(), Some("/a?mail=x@example.com"));
+    }
+
+    #[test]
+    fn damaged_payloads_are_refused() {
+        let bytes = encode(&envelopes(BODY, 500).unwrap().into_parsed(), Vec::new());
+        assert!(decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(decode(&[bytes.as_slice(), &[0]].concat()).is_none());
+        assert!(decode(&[0]).is_none(), "no beacons");
+        // well-formed postcard of values `prepare` never writes
+        let mut bad = parsed();
+        if let ParsedBody::Action { traceparent, .. } = &mut bad[0].events[0].body {
+            *traceparent = Some("00-4bf9".into());
+        }
+        assert!(decode(&encode(&bad, Vec::new())).is_none());
+        let mut bad = parsed();
+        bad[1].sid = "short".into();
+        assert!(decode(&encode(&bad, Vec::new())).is_none());
+        let mut bad = parsed();
+        bad[0].events[0].start = Some(-1.0);
+        assert!(decode(&encode(&bad, Vec::new())).is_none());
+    }
+}
