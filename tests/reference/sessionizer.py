@@ -899,7 +899,12 @@ class Sessionizer:
 
     def _close(self, key: tuple[str, str], reason: str, closed: list[ClosedSession]) -> None:
         session = self._open.pop(key)
+        new = key not in self._tombstones
         self._tombstones[key] = (session["part"], session["last_recv"])
+        cap = self.settings["max_open_sessions"]
+        if new and len(self._tombstones) > cap:  # §5: tombstones are bounded too
+            boundary = sorted(last for _, last in self._tombstones.values())[max(1, cap // 100) - 1]
+            self._tombstones = {k: t for k, t in self._tombstones.items() if t[1] > boundary}
         self._changed.discard(key)
         closed.append(self._finalize(session, reason))
 
