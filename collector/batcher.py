@@ -1,7 +1,7 @@
 """Group commit: beacon requests queue up; one `_core.prepare` call and one fsync'ed LMDB write
 transaction per batch; every request's future resolves only after that commit.
 
-While a batch is being validated and committed (in a worker thread), new requests queue for
+While a batch is being validated and committed (in the commit thread), new requests queue for
 the next batch, so under load one fsync serves many requests and the batch size adapts to the
 disk's latency by itself. The queue is bounded: when full, `submit` raises `Overloaded` and
 the front answers 503 with Retry-After (DESIGN: "a 2xx means durable", so there is nothing
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import lmdb
@@ -59,6 +59,12 @@ def storage_failure(err: Exception) -> str:
 
 
 class Batcher:
+    """The queue lives on the event loop's side; one commit thread takes a batch from it,
+    commits it and hands the verdicts back with one `call_soon_threadsafe` per batch, then
+    takes the next batch at once. The loop is never between two commits: when the loop was
+    (an asyncio task awaiting `run_in_executor` per batch), each commit cycle waited ~1 ms
+    under load for the loop to get round to starting the next one."""
+
     _loop: asyncio.AbstractEventLoop  # the running loop, from `start`
 
     def __init__(
@@ -78,19 +84,21 @@ class Batcher:
         self._batch_max_bytes = settings.batch_max_bytes
         self._max_events = settings.max_events
         self._mask_ip = settings.mask_ip
+        # Shared by the loop (`submit`) and the commit thread (`_take_batch`), under `_lock`.
         self._requests: list[Request] = []
         self._futures: list[asyncio.Future[Verdict]] = []
         self._queued_bytes = 0
-        self._wakeup = asyncio.Event()
+        self._lock = threading.Lock()
+        self._more = threading.Condition(self._lock)
+        # While the commit thread waits, the queue length at which `submit` wakes it (1: any
+        # request; the last batch's size: the commit_delay window); 0 while it commits.
+        self._wake_at = 0
         self._closing = False
         # One thread: commits are serial anyway (one LMDB writer), and a batch formed while
         # the previous one commits is exactly what group commit wants.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="wal-commit")
-        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._commit_loop, name="wal-commit", daemon=True)
+        self._stopped: asyncio.Future[None] | None = None
         self._commit_delay_s = settings.commit_delay_ms / 1000
-        self._last_batch = 0
-        self._window_target = 0
-        self._window_full = asyncio.Event()
         # What the sessionizer may still write when ingest stops for lack of space.
         self._reserve = settings.storage_reserve_bytes
         self._failing: str | None = None  # storage_full / storage_error while commits fail
@@ -102,15 +110,17 @@ class Batcher:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run(), name="group-commit")
+        self._stopped = self._loop.create_future()
+        self._thread.start()
 
     async def close(self) -> None:
         """Stop taking requests, commit every queued one, stop the commit thread."""
-        self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
+        with self._lock:
+            self._closing = True
+            self._more.notify()
+        if self._stopped is not None:
+            await self._stopped  # after the callbacks of every batch (FIFO)
+            self._thread.join()
 
     def submit(
         self, recv_ms: int, ip: str, user_agent: str, flags: int, body: bytes
@@ -123,71 +133,101 @@ class Batcher:
         from `start`: `asyncio.get_running_loop()` makes a getpid() system call each time."""
         if self._closing:
             raise Overloaded("draining", 1)
-        requests = self._requests
-        if len(requests) >= self._queue_max:
-            self._readiness.set("overloaded")
-            raise Overloaded("overloaded", 1)
-        future: asyncio.Future[Verdict] = self._loop.create_future()
-        requests.append((recv_ms, ip, user_agent, flags, body))
-        self._futures.append(future)
-        self._queued_bytes += len(body)
-        if not self._wakeup.is_set():
-            self._wakeup.set()
-        if self._window_target and len(requests) >= self._window_target:
-            self._window_full.set()
+        with self._lock:
+            requests = self._requests
+            if len(requests) >= self._queue_max:
+                self._readiness.set("overloaded")
+                raise Overloaded("overloaded", 1)
+            future: asyncio.Future[Verdict] = self._loop.create_future()
+            requests.append((recv_ms, ip, user_agent, flags, body))
+            self._futures.append(future)
+            self._queued_bytes += len(body)
+            if self._wake_at and len(requests) >= self._wake_at:
+                self._wake_at = 0
+                self._more.notify()
         return future
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._requests:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self._commit_delay_s and self._last_batch > 1 and not self._closing:
-                await self._gather_window()
-            requests, futures = self._take_batch()
-            self._last_batch = len(requests)
-            self._metrics.set_queue_depth(len(self._requests))
-            started = time.perf_counter()
-            try:
-                verdicts = await loop.run_in_executor(self._executor, self._commit, requests)
-            except Exception as err:  # a disk error must fail these requests, not the loop
-                reason = self._commit_failed(err, len(requests))
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(StorageError(str(err), reason))
-                continue
-            if self._failing is not None:
-                self._commit_recovered()
-            self._metrics.observe_batch(len(requests), time.perf_counter() - started)
-            for future, verdict in zip(futures, verdicts, strict=True):
-                if not future.done():  # the client may have gone; its beacon is stored anyway
-                    future.set_result(verdict)
-            if self._on_commit is not None:
-                self._on_commit()
-            if len(self._requests) < self._queue_max // 2:
-                self._readiness.set("overloaded", False)
+    # --- the commit thread --------------------------------------------------------------
 
-    async def _gather_window(self) -> None:
+    def _commit_loop(self) -> None:
+        loop = self._loop
+        last_batch = 0
+        try:
+            while batch := self._next_batch(last_batch):
+                requests, futures, depth = batch
+                last_batch = len(requests)
+                started = time.perf_counter()
+                try:
+                    verdicts = self._commit(requests)
+                except Exception as err:  # a disk error must fail these requests, not the thread
+                    loop.call_soon_threadsafe(self._failed, futures, err, depth)
+                    continue
+                seconds = time.perf_counter() - started
+                loop.call_soon_threadsafe(self._committed, futures, verdicts, seconds, depth)
+        finally:
+            loop.call_soon_threadsafe(self._set_stopped)
+
+    def _next_batch(
+        self, last_batch: int
+    ) -> tuple[list[Request], list[asyncio.Future[Verdict]], int] | None:
+        """Wait for requests and take a batch (None once closing and all is taken)."""
+        with self._lock:
+            while not self._requests:
+                if self._closing:
+                    return None
+                self._wake_at = 1
+                self._more.wait()
+            if self._commit_delay_s and last_batch > 1 and not self._closing:
+                self._gather_window(last_batch)
+            self._wake_at = 0
+            requests, futures = self._take_batch()
+            return requests, futures, len(self._requests)
+
+    def _gather_window(self, last_batch: int) -> None:
         """Under concurrent load, wait up to `commit_delay` for as many requests as the last
         batch had. Senders whose beacons were just acknowledged send their next ones within
         a round trip; without this pause they would miss the commit that starts now and the
-        in-flight requests would split into two half-size batches, one fsync each."""
-        if len(self._requests) >= self._last_batch:
-            return
-        self._window_target = self._last_batch
-        self._window_full.clear()
-        try:
-            await asyncio.wait_for(self._window_full.wait(), self._commit_delay_s)
-        except TimeoutError:
-            pass
-        finally:
-            self._window_target = 0
+        in-flight requests would split into two half-size batches, one fsync each.
+        Called with `_lock` held."""
+        deadline = time.monotonic() + self._commit_delay_s
+        while len(self._requests) < last_batch and not self._closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake_at = last_batch
+            self._more.wait(left)
+
+    # --- back on the loop ---------------------------------------------------------------
+
+    def _committed(
+        self, futures: list[asyncio.Future[Verdict]], verdicts: list[Verdict], seconds: float,
+        depth: int,
+    ) -> None:  # fmt: skip
+        if self._failing is not None:
+            self._commit_recovered()
+        self._metrics.set_queue_depth(depth)
+        self._metrics.observe_batch(len(futures), seconds)
+        for future, verdict in zip(futures, verdicts, strict=True):
+            if not future.done():  # the client may have gone; its beacon is stored anyway
+                future.set_result(verdict)
+        if self._on_commit is not None:
+            self._on_commit()
+        if len(self._requests) < self._queue_max // 2:
+            self._readiness.set("overloaded", False)
+
+    def _failed(self, futures: list[asyncio.Future[Verdict]], err: Exception, depth: int) -> None:
+        self._metrics.set_queue_depth(depth)
+        reason = self._commit_failed(err, len(futures))
+        for future in futures:
+            if not future.done():
+                future.set_exception(StorageError(str(err), reason))
+
+    def _set_stopped(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     def _take_batch(self) -> tuple[list[Request], list[asyncio.Future[Verdict]]]:
+        """Called with `_lock` held."""
         n = min(len(self._requests), self._batch_max)
         if self._queued_bytes > self._batch_max_bytes:
             size = 0
@@ -202,7 +242,7 @@ class Batcher:
         return requests, futures
 
     def _commit(self, requests: list[Request]) -> list[Verdict]:
-        """Worker thread: validate the batch in the core, then append it to the WAL (fsync),
+        """Commit thread: validate the batch in the core, then append it to the WAL (fsync),
         unless that would leave less than the reserve (then `StorageFull`)."""
         records, verdicts, _events = prepare(requests, self._max_events, self._mask_ip)
 
