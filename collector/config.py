@@ -246,7 +246,9 @@ class Settings:
     # Requests waiting for a WAL commit; beyond this the collector answers 503 + Retry-After.
     queue_max_requests: int = _setting("ingest", "queue_max_requests", 20_000, _parse_int)
     batch_max_requests: int = _setting("ingest", "batch_max_requests", 2_000, _parse_int)
-    batch_max_bytes: int = _setting("ingest", "batch_max_bytes", 16 << 20, parse_size)
+    # A group commit is one WAL entry, which the sessionizer takes in one `ingest` call: its
+    # size bounds how many sessions one call can close at once (the memory of its result).
+    batch_max_bytes: int = _setting("ingest", "batch_max_bytes", 2 << 20, parse_size)
     # Under concurrent load, how long a commit may wait to gather a full batch (0 = never).
     commit_delay_ms: int = _setting("ingest", "commit_delay", 0, parse_duration_ms)
     # Token buckets, requests per second (0 = off) and burst size.
