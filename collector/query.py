@@ -469,8 +469,9 @@ def find_sessions(
 
 
 def get_session(store: Store, session_id: str) -> bytes | None:
-    """JSON of a session's summary plus `timeline` (its detail); an open session has
-    `timeline: null` (the store keeps only the summaries of open sessions).
+    """JSON of a session's summary plus `timeline` (its detail); an open session's timeline
+    is the one the sessionizer last published (at most a second old), or null in a store
+    written before live timelines were kept.
 
     The stored JSON is spliced, not parsed: a detail can be megabytes (200 actions with 300
     resources each), and this runs on the event loop.
@@ -484,7 +485,7 @@ def get_session(store: Store, session_id: str) -> bytes | None:
             timeline = txn.get(key, db=store.dbs["details"]) or b"null"
         else:
             summary = txn.get(key, db=store.dbs["live"])
-            timeline = b"null"
+            timeline = txn.get(key, db=store.dbs["live_details"]) or b"null"
         if summary is None:
             return None
         return _with_field(summary, b"timeline", timeline)

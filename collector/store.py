@@ -13,6 +13,7 @@ value):
 | `by_user`  | user_tag utf-8 + b"\\x00" + u64 start_ms + session_id  | b""                    |
 | `by_app`   | app + b"\\x00" + u64 start_ms + session_id             | b""                    |
 | `live`     | session_id                                            | summary of an open one |
+| `live_details` | session_id                                        | its timeline so far    |
 
 `meta`: the core's checkpointed state, the WAL position it includes, the sessionizer clock
 (the last tick), and the sessionizer's status for the fronts' `/readyz`.
@@ -52,7 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DB_NAMES = ("wal", "meta", "sessions", "details", "by_time", "by_user", "by_app", "live")
+DB_NAMES = (
+    "wal", "meta", "sessions", "details", "by_time", "by_user", "by_app", "live", "live_details"
+)
 U64 = struct.Struct(">Q")
 T = TypeVar("T")
 
@@ -327,6 +330,7 @@ class Store:
         if session.user_tag:
             txn.put(tag_key(session.user_tag, start, session.session_id), b"", db=dbs["by_user"])
         txn.delete(sid, db=dbs["live"])
+        txn.delete(sid, db=dbs["live_details"])
 
     def _delete_indexes(self, txn: lmdb.Transaction, session_id: str, summary: dict) -> None:
         start = summary.get("start")
@@ -349,16 +353,20 @@ class Store:
         txn.delete(sid, db=self.dbs["details"])
 
     def put_live(self, txn: lmdb.Transaction, sessions: Iterable[ClosedSession]) -> int:
-        """Publish summaries of open sessions (replacing older ones); how many."""
-        live = self.dbs["live"]
+        """Publish the summaries and timelines of open sessions (replacing older ones); how
+        many."""
+        live, live_details = self.dbs["live"], self.dbs["live_details"]
         n = 0
         for session in sessions:
-            txn.put(session.session_id.encode(), session.summary, db=live)
+            key = session.session_id.encode()
+            txn.put(key, session.summary, db=live)
+            txn.put(key, session.detail, db=live_details)
             n += 1
         return n
 
     def clear_live(self, txn: lmdb.Transaction) -> None:
         txn.drop(self.dbs["live"], delete=False)
+        txn.drop(self.dbs["live_details"], delete=False)
 
     # --- sessionizer status (read by every front's /readyz) --------------------------------
 

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from collector import Sessionizer, prepare
+from collector.query import get_session
 from collector.store import RECORDS, TICK, Store, tag_key, time_key
 from tests.conftest import REPO, StartServer
 
@@ -125,6 +126,10 @@ def closed_session(sid: str):
 def test_closed_session_with_indexes_replaces_live_and_is_idempotent(store: Store):
     live, session = closed_session("abcdefgh-1")
     store.write(lambda txn: store.put_live(txn, live))
+    # while open, the session's timeline so far is served with its summary
+    detail = orjson.loads(get_session(store, session.session_id) or b"null")
+    assert detail["live"] is True
+    assert [a["name"] for a in detail["timeline"]["actions"]] == ["home"]
     for _ in range(2):  # a replay writes it again: same keys, nothing duplicated
         store.write(lambda txn: store.put_closed(txn, session))
     sid = session.session_id
@@ -137,7 +142,7 @@ def test_closed_session_with_indexes_replaces_live_and_is_idempotent(store: Stor
         assert keys("by_time") == [time_key(session.start_ms, sid)]
         assert keys("by_user") == [tag_key("daniel.adams@example.com", session.start_ms, sid)]
         assert keys("by_app") == [tag_key("shop", session.start_ms, sid)]
-        assert keys("live") == []
+        assert keys("live") == [] == keys("live_details")
         assert orjson.loads(txn.get(sid.encode(), db=store.dbs["sessions"]))["live"] is False
 
 

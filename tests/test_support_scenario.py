@@ -181,7 +181,11 @@ def test_support_finds_daniels_failed_checkout(support_desk: ServerProcess) -> N
     assert [s["session_id"] for s in body["sessions"]] == [session["session_id"]]
     status, live = server.get_json(f"/api/v1/sessions/{by_sid['daniel-open-0001']['session_id']}")
     assert status == 200 and isinstance(live, dict)
-    assert live["live"] is True and live["timeline"] is None
+    # An open session shows its timeline so far: the failed checkout is there already.
+    assert live["live"] is True
+    [open_checkout] = [a for a in live["timeline"]["actions"] if a["name"] == "POST /checkout"]
+    assert open_checkout["status"] == 500
+    assert [e["message"] for e in live["timeline"]["errors"]] == ["POST /checkout 500"]
 
 
 def test_session_closed_by_timeout_is_found(server: ServerProcess) -> None:
