@@ -4,9 +4,12 @@
 
 Generates a realistic stream (by default 20 000 sessions of ~10 actions, a few errors, vitals,
 rage clicks and properties, 3 beacons of ~5 events per session, interleaved in time and cut into
-batches of 200 records), then times `Sessionizer.ingest` over every batch plus the final
+batches of 200 requests), then times `Sessionizer.ingest` over every batch plus the final
 `flush` for `collector._core` (best of 3 runs) and for `tests/reference` (one run), in the same
-process on the same bytes. Prints events/s for both and the ratio, checks that both closed the
+process on the same requests. Each implementation ingests what its own fronts write: the core
+the records of `_core.prepare` (version 2, the beacons parsed once by the front, as in
+production), the reference JSON records (version 1). `prepare`, the fronts' cost, is timed
+separately. Prints events/s for both and the ratio, checks that both closed the
 same sessions, and replaces the "Sessionizer core vs Python reference" section of
 docs/benchmarks.md (between its markers) unless `--no-write`.
 
@@ -88,25 +91,35 @@ def session_beacons(rng: random.Random, number: int) -> list[tuple[int, str, byt
     return out
 
 
+Batch = tuple[bytes, int]  # framed records and the `now` to ingest them at
+
+
 def make_stream(
     sessions: int, batch_records: int, seed: int = 7
-) -> tuple[list[tuple[bytes, int]], int]:
-    """Batches of framed records in receive order, with the `now` to ingest them at."""
+) -> tuple[list[Batch], list[Batch], list[list[tuple]], int]:
+    """Batches in receive order: JSON records (version 1, for the reference), the core's
+    `prepare` of the same requests (version 2), and the requests themselves."""
     rng = random.Random(seed)
     records = [b for n in range(sessions) for b in session_beacons(rng, n)]
     records.sort(key=lambda r: r[0])
     events = sum(len(json.loads(payload)["events"]) for _, _, payload in records)
-    batches = []
+    json_batches, prepared_batches, requests = [], [], []
     for i in range(0, len(records), batch_records):
         chunk = records[i : i + batch_records]
+        now = chunk[-1][0]
         batch = b"".join(
             ref.encode_record(recv, "203.0.113.0", ua, 0, payload) for recv, ua, payload in chunk
         )
-        batches.append((batch, chunk[-1][0]))
-    return batches, events
+        json_batches.append((batch, now))
+        chunk_requests = [(recv, "203.0.113.0", ua, 0, payload) for recv, ua, payload in chunk]
+        requests.append(chunk_requests)
+        wal, verdicts, _ = _core.prepare(chunk_requests)
+        assert all(v is None for v in verdicts), verdicts
+        prepared_batches.append((wal, now))
+    return json_batches, prepared_batches, requests, events
 
 
-def run(make: Callable[..., Any], batches: list[tuple[bytes, int]]) -> tuple[float, list[str]]:
+def run(make: Callable[..., Any], batches: list[Batch]) -> tuple[float, list[str]]:
     """CPU seconds of this (single) thread for every ingest plus the final flush, and the ids
     of the closed sessions. CPU time, not wall time, so that other work on a shared machine
     does not count; the two are equal on an idle one."""
@@ -130,34 +143,39 @@ def parse_each(payloads: list[bytes]) -> None:
         orjson.loads(payload)
 
 
-def breakdown(batches: list[tuple[bytes, int]]) -> dict[str, float]:
+def breakdown(
+    json_batches: list[Batch], batches: list[Batch], requests: list[list[tuple]]
+) -> dict[str, float]:
     """Where the core's time goes (CPU seconds, best of 3), with a JSON-parsing floor."""
-    requests = [
-        (r.recv_ms, r.ip, r.user_agent, r.flags, r.payload)
-        for batch, _ in batches
-        for r in ref.parse_records(batch)
-        if r is not None
-    ]
-    payloads = [r[4] for r in requests]
+    payloads = [r[4] for chunk in requests for r in chunk]
 
-    def apply_only() -> _core.Sessionizer:  # no session closes while the stream runs
+    def apply_only(batches: list[Batch]) -> _core.Sessionizer:  # no session closes meanwhile
         sessionizer = _core.Sessionizer({})
         for batch, now in batches:
             sessionizer.ingest(batch, now)
         return sessionizer
 
     def finalize_all() -> float:
-        sessionizer = apply_only()
+        sessionizer = apply_only(batches)
         return cpu_seconds(lambda: sessionizer.flush(batches[-1][1] + 86_400_000))
+
+    def prepare_all() -> None:
+        for chunk in requests:
+            _core.prepare(chunk)
 
     return {
         "orjson.loads of every payload (a parsing floor)": min(
             cpu_seconds(lambda: parse_each(payloads)) for _ in range(3)
         ),
-        "core prepare (validate requests)": min(
-            cpu_seconds(lambda: _core.prepare(requests)) for _ in range(3)
+        "core prepare: validate, parse, write version-2 records (the fronts)": min(
+            cpu_seconds(prepare_all) for _ in range(3)
         ),
-        "core ingest, no session closing": min(cpu_seconds(apply_only) for _ in range(3)),
+        "core ingest of version-2 records, no session closing": min(
+            cpu_seconds(lambda: apply_only(batches)) for _ in range(3)
+        ),
+        "(for comparison) the same as JSON records (version 1)": min(
+            cpu_seconds(lambda: apply_only(json_batches)) for _ in range(3)
+        ),
         "core flush finalizing every session": min(finalize_all() for _ in range(3)),
     }
 
@@ -187,7 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     sessions = args.sessions or (2_000 if args.quick else 20_000)
 
-    batches, events = make_stream(sessions, batch_records=200)
+    json_batches, batches, requests, events = make_stream(sessions, batch_records=200)
     records = sessions * BEACONS_PER_SESSION
     print(
         f"stream: {sessions} sessions, {records} records, {events} events, {len(batches)} batches"
@@ -195,7 +213,7 @@ def main() -> None:
 
     rust_runs = [run(_core.Sessionizer, batches) for _ in range(3)]
     rust_s = min(seconds for seconds, _ in rust_runs)
-    ref_s, ref_closed = run(ref.Sessionizer, batches)
+    ref_s, ref_closed = run(ref.Sessionizer, json_batches)
     same = sorted(rust_runs[0][1]) == sorted(ref_closed)
     rust_rate, ref_rate = events / rust_s, events / ref_s
     ratio = ref_s / rust_s
@@ -205,10 +223,11 @@ def main() -> None:
     core_ok, ratio_ok = rust_rate >= TARGET_EVENTS_PER_S, ratio >= TARGET_RATIO
     print(f"targets: core >= 2M events/s {'met' if core_ok else 'MISSED'}, "
           f">= 30x reference {'met' if ratio_ok else 'MISSED'}")  # fmt: skip
-    parts = breakdown(batches)
+    parts = breakdown(json_batches, batches, requests)
     for what, seconds in parts.items():
         print(f"  {what:50} {seconds * 1000:9.1f} ms  {events / seconds:12,.0f} events/s")
     stream_mb = sum(len(batch) for batch, _ in batches) / 1e6
+    json_mb = sum(len(batch) for batch, _ in json_batches) / 1e6
     rows = "\n".join(
         f"| {what} | {seconds * 1000:,.1f} ms | {events / seconds:,.0f} |"
         for what, seconds in parts.items()
@@ -219,10 +238,12 @@ def main() -> None:
             f"""## Sessionizer core vs Python reference
 
 `loadtests/bench_core.py{" --quick" if args.quick else ""}`: CPU time of `Sessionizer.ingest` over
-every batch plus the final `flush`, same bytes, same thread; the core best of 3 runs, the
-reference one run.
-Stream: {sessions:,} sessions, {records:,} records of one beacon (~5 events), {events:,} events,
-{len(batches)} batches of 200 records, settings `{json.dumps(SETTINGS)}`.
+every batch plus the final `flush`, same requests, same thread; the core best of 3 runs, the
+reference one run. Each ingests what its fronts write: the core the records of `_core.prepare`
+(version 2: the beacons parsed once by the front, as in production; `prepare` is timed below),
+the reference JSON records (version 1).
+Stream: {sessions:,} sessions, {records:,} requests of one beacon (~5 events), {events:,} events,
+{len(batches)} batches of 200 requests, settings `{json.dumps(SETTINGS)}`.
 
 | implementation | time | events/s | target |
 |---|---:|---:|---|
@@ -233,8 +254,8 @@ Stream: {sessions:,} sessions, {records:,} records of one beacon (~5 events), {e
 Both closed the same sessions: {"yes" if same else "**no**"}. The reference slows down as the
 stream grows (Python's cyclic GC walks every live event), so `--quick` gives a lower ratio.
 
-Where the core's time goes (CPU, best of 3; the stream is {stream_mb:,.1f} MB of records,
-{sessions:,} sessions finalized):
+Where the core's time goes (CPU, best of 3; the stream is {stream_mb:,.1f} MB of version-2
+records, {json_mb:,.1f} MB as JSON records; {sessions:,} sessions finalized):
 
 | part | time | events/s |
 |---|---:|---:|

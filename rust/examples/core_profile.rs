@@ -4,6 +4,7 @@
 //!     core_profile [SESSIONS]        a synthetic stream: 2 beacons of 5 events per session
 //!     core_profile --wal FILE        the framed v1 records of FILE (e.g. bench_core's stream),
 //!                                    in batches of 200 records ingested at their last recv_ms
+//!     ... --settings JSON            sessionizer settings (default `{"timeout_ms": 300000}`)
 use rumline_core::record;
 use rumline_core::{prepare, Request, Sessionizer, Settings};
 use std::time::Instant;
@@ -51,7 +52,8 @@ fn main() {
     let batches: Vec<(Vec<u8>, i64)> =
         reqs.chunks(200).map(|c| (prepare(c, 500, true).wal, c.last().map_or(0, |r| r.recv_ms as i64))).collect();
     let tp = started.elapsed().as_secs_f64();
-    let settings = Settings::from_json(r#"{"timeout_ms": 300000}"#).unwrap();
+    let settings = args.iter().position(|a| a == "--settings").and_then(|i| args.get(i + 1));
+    let settings = Settings::from_json(settings.map_or(r#"{"timeout_ms": 300000}"#, String::as_str)).unwrap();
     let mut s = Sessionizer::new(settings).unwrap();
     let (mut events, mut closed) = (0, 0);
     let started = Instant::now();

@@ -34,7 +34,11 @@ fn needs_escape(s: &[u8]) -> bool {
             return true;
         }
     }
-    words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    // the last bytes as one more word, padded with a letter (which needs no escaping)
+    let rest = words.remainder();
+    let mut last = [b'a'; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    word_needs_escape(u64::from_le_bytes(last))
 }
 
 impl JsonWriter {
@@ -46,6 +50,8 @@ impl JsonWriter {
         self.buf
     }
 
+    #[allow(clippy::inline_always)] // see `key`
+    #[inline(always)]
     fn comma(&mut self) {
         if !self.first {
             self.buf.push(b',');
@@ -79,9 +85,14 @@ impl JsonWriter {
         self.comma();
     }
 
-    /// A member's key: a name that needs no escaping (a field name of the format).
+    /// A member's key: a name that needs no escaping (a field name of the format). Inlined:
+    /// with the name known where it is called, this is a few stores (measured: plain `#[inline]`
+    /// left it a call, 12 % of finalizing a session).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn key(&mut self, name: &'static str) {
         debug_assert!(!needs_escape(name.as_bytes()));
+        self.buf.reserve(name.len() + 4);
         self.comma();
         self.buf.push(b'"');
         self.buf.extend_from_slice(name.as_bytes());

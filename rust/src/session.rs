@@ -119,6 +119,17 @@ pub struct Session {
     pub end: Option<(Option<String>, i64)>,
     #[serde(skip)]
     pub dirty: bool,
+    /// The time under which the sessionizer's due queue holds this session, at most its
+    /// deadline; [`NOT_QUEUED`] until it is queued.
+    #[serde(skip, default = "not_queued")]
+    pub queued: i64,
+}
+
+/// [`Session::queued`] of a session not in the due queue yet.
+pub const NOT_QUEUED: i64 = i64::MIN;
+
+fn not_queued() -> i64 {
+    NOT_QUEUED
 }
 
 /// A session ready to store: summary and detail JSON plus the fields the indexes need.
@@ -193,6 +204,7 @@ impl Session {
             rage: Vec::new(),
             end: None,
             dirty: true,
+            queued: NOT_QUEUED,
         }
     }
 

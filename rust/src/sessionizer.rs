@@ -3,12 +3,13 @@ use crate::beacon::{self, Beacon, Event, EventBody, Rejection};
 use crate::error::CoreError;
 use crate::privacy::{self, Scrubber};
 use crate::record::{self, Record};
-use crate::session::{Closed, EndReason, ErrorRec, RageRec, Session, SessionMetrics, VitalRec};
+use crate::session::{Closed, EndReason, ErrorRec, RageRec, Session, SessionMetrics, VitalRec, NOT_QUEUED};
 use crate::settings::Settings;
 use crate::useragent::UaCache;
 use crate::wire::{self, ParsedBeacon};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 /// What one `ingest` or `flush` call produced.
 #[derive(Debug, Default)]
@@ -35,6 +36,13 @@ pub struct Sessionizer {
     open: HashMap<String, Session>,
     tombstones: HashMap<String, Tombstone>,
     ua_cache: UaCache,
+    /// Open sessions by the time they can be due, earliest first, so that `flush` (after every
+    /// `ingest`) looks only at those instead of scanning every open session. Lazy: an entry's
+    /// time is at most its session's deadline (a deadline only moves later), and entries of
+    /// closed sessions stay until they come up (see `flush`).
+    due: BinaryHeap<Reverse<(i64, String)>>,
+    /// Tombstones by their `last_recv`, earliest first, for the same reason (lazy too).
+    expiring: BinaryHeap<Reverse<(i64, String)>>,
 }
 
 #[derive(Deserialize)]
@@ -75,7 +83,15 @@ impl Sessionizer {
         settings.validate()?;
         let scrubber = Scrubber::new(settings.scrub_pii, &settings.scrub_patterns).map_err(CoreError::Settings)?;
         let ua_cache = UaCache::new(settings.ua_cache_size);
-        Ok(Sessionizer { settings, scrubber, open: HashMap::new(), tombstones: HashMap::new(), ua_cache })
+        Ok(Sessionizer {
+            settings,
+            scrubber,
+            open: HashMap::new(),
+            tombstones: HashMap::new(),
+            ua_cache,
+            due: BinaryHeap::new(),
+            expiring: BinaryHeap::new(),
+        })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -160,13 +176,13 @@ impl Sessionizer {
     /// Closes a session taken out of the open map: leaves its tombstone, emits it. `id` is the
     /// session's id when the caller has it already.
     fn finish(&mut self, key: &str, s: Session, id: Option<String>, reason: EndReason, out: &mut Output) {
-        match self.tombstones.get_mut(key) {
-            Some(t) => *t = Tombstone { part: s.part, last_recv: s.last_recv },
-            None => {
-                self.tombstones.insert(key.to_owned(), Tombstone { part: s.part, last_recv: s.last_recv });
-                self.enforce_tombstone_limit();
-            }
+        if let Some(t) = self.tombstones.get_mut(key) {
+            *t = Tombstone { part: s.part, last_recv: s.last_recv };
+        } else {
+            self.tombstones.insert(key.to_owned(), Tombstone { part: s.part, last_recv: s.last_recv });
+            self.enforce_tombstone_limit();
         }
+        self.expiring.push(Reverse((s.last_recv, key.to_owned())));
         let ua = self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""));
         let id = id.unwrap_or_else(|| s.id());
         out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics)));
@@ -242,7 +258,11 @@ impl Sessionizer {
             }
             current = Some(s);
         }
-        if let Some(s) = current {
+        if let Some(mut s) = current {
+            if s.queued == NOT_QUEUED {
+                s.queued = deadline(&self.settings, &s);
+                self.due.push(Reverse((s.queued, key.clone())));
+            }
             self.open.insert(key, s);
         }
         self.enforce_open_limit(out);
@@ -291,26 +311,35 @@ impl Sessionizer {
         let mut out = Output::default();
         let timeout = self.settings.timeout_ms as i64;
         let max_duration = self.settings.max_duration_ms as i64;
-        let mut due: Vec<(String, String, EndReason)> = self
-            .open
-            .iter()
-            .filter_map(|(k, s)| {
-                let reason = if now - s.last_recv >= timeout {
-                    EndReason::Timeout
-                } else if now - s.first_recv >= max_duration {
-                    EndReason::DurationLimit
-                } else {
-                    return None;
-                };
-                Some((s.id(), k.clone(), reason))
-            })
-            .collect();
+        let mut due: Vec<(String, String, EndReason)> = Vec::new();
+        while self.due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            let Some(Reverse((t, key))) = self.due.pop() else { break };
+            // an entry of a session closed since, or an older one of a session queued again
+            let Some(s) = self.open.get_mut(&key).filter(|s| s.queued == t) else { continue };
+            let reason = if now - s.last_recv >= timeout {
+                EndReason::Timeout
+            } else if now - s.first_recv >= max_duration {
+                EndReason::DurationLimit
+            } else {
+                // it had beacons since it was queued: queue it at its deadline now
+                s.queued = deadline(&self.settings, s);
+                self.due.push(Reverse((s.queued, key)));
+                continue;
+            };
+            s.queued = NOT_QUEUED; // listed once, whatever other entries it has
+            due.push((s.id(), key, reason));
+        }
         due.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, key, reason) in due {
             let s = self.open.remove(&key).expect("due keys are open");
             self.finish(&key, s, Some(id), reason, &mut out);
         }
-        self.tombstones.retain(|_, t| now - t.last_recv < timeout);
+        while self.expiring.peek().is_some_and(|Reverse((t, _))| now - *t >= timeout) {
+            let Some(Reverse((t, key))) = self.expiring.pop() else { break };
+            if self.tombstones.get(&key).is_some_and(|tomb| tomb.last_recv == t) {
+                self.tombstones.remove(&key);
+            }
+        }
         out
     }
 
@@ -361,8 +390,20 @@ impl Sessionizer {
             })
             .collect();
         self.tombstones = state.tombstones.into_iter().collect();
+        self.due.clear();
+        for (key, s) in &mut self.open {
+            s.queued = deadline(&self.settings, s);
+            self.due.push(Reverse((s.queued, key.clone())));
+        }
+        self.expiring = self.tombstones.iter().map(|(key, t)| Reverse((t.last_recv, key.clone()))).collect();
         Ok(())
     }
+}
+
+/// When a session is due: `flush(now)` closes it from then on.
+fn deadline(settings: &Settings, s: &Session) -> i64 {
+    let timeout = s.last_recv.saturating_add(settings.timeout_ms as i64);
+    timeout.min(s.first_recv.saturating_add(settings.max_duration_ms as i64))
 }
 
 fn apply_beacon_fields(s: &mut Session, ctx: &BeaconCtx) {
@@ -614,6 +655,27 @@ mod tests {
         }
         let out = s.flush(T0 + 300_000);
         assert_eq!(only(&out).end_reason, Some(EndReason::DurationLimit));
+    }
+
+    #[test]
+    fn flush_forgets_the_tombstones_of_what_it_closes_and_queues_again_what_had_beacons() {
+        let mut s = core(json!({"timeout_ms": 60_000}));
+        run(&mut s, &[beacon(T0)], T0);
+        assert_eq!(s.flush(T0 + 59_999).closed.len(), 0);
+        assert_eq!(s.flush(T0 + 60_000).closed.len(), 1);
+        // the tombstone went with that flush: a record received before it opens part 1 again
+        run(&mut s, &[beacon(T0)], T0);
+        // a beacon moves the deadline: the session is not due when its first one says so
+        run(&mut s, &[beacon(T0 + 30_000)], T0 + 30_000);
+        assert_eq!(s.flush(T0 + 60_000).closed.len(), 0);
+        let out = s.flush(T0 + 90_000);
+        assert_eq!(summary(only(&out))["part"], 1);
+        // restored sessions are due like the others
+        run(&mut s, &[beacon(T0 + 100_000)], T0 + 100_000);
+        let mut again = core(json!({"timeout_ms": 60_000}));
+        again.restore(&s.checkpoint()).unwrap();
+        assert_eq!(again.flush(T0 + 159_999).closed.len(), 0);
+        assert_eq!(again.flush(T0 + 160_000).closed.len(), 1);
     }
 
     #[test]
