@@ -441,7 +441,8 @@ pub struct ActionEvent {
 /// One usable event of a beacon, with its client `start` (corrected later).
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventBody {
-    Action(Box<ActionEvent>),
+    /// Not boxed: it is the common event, and it is moved into the session at once.
+    Action(ActionEvent),
     Error { kind: ErrorKind, message: Option<String>, stack: Option<String> },
     Vital { name: String, value: f64 },
     RageClick { target: Option<String>, count: u32 },

@@ -240,7 +240,7 @@ impl Sessionizer {
             }
             s.dirty = true;
             match ev.body {
-                EventBody::Action(a) => s.push_action(*a, b.page_url.as_deref(), t),
+                EventBody::Action(a) => s.push_action(a, b.page_url.as_deref(), t),
                 EventBody::Error { kind, message, stack } => s.errors.push(ErrorRec { kind, message, stack, t }),
                 EventBody::Vital { name, value } => s.vitals.push(VitalRec { name, value, t }),
                 EventBody::RageClick { target, count } => s.rage.push(RageRec { target, count, t }),
@@ -413,7 +413,9 @@ fn apply_beacon_fields(s: &mut Session, ctx: &BeaconCtx) {
         s.identify(user, ctx.recv);
     }
     if let Some(vid) = &b.vid {
-        s.visitor_id = Some(vid.clone());
+        if s.visitor_id.as_ref() != Some(vid) {
+            s.visitor_id = Some(vid.clone());
+        }
     }
     if s.screen.is_none() {
         s.screen.clone_from(&b.screen);

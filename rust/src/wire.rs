@@ -175,7 +175,7 @@ impl<S: AsRef<str> + Into<String>> ParsedBeacon<S> {
                             Some(n) => clean(n.as_ref(), limits::URL, scrub),
                             None => url.clone().unwrap_or_else(|| kind.as_str().to_owned()),
                         };
-                        EventBody::Action(Box::new(ActionEvent {
+                        EventBody::Action(ActionEvent {
                             kind,
                             name,
                             url,
@@ -195,7 +195,7 @@ impl<S: AsRef<str> + Into<String>> ParsedBeacon<S> {
                                     size: r.size,
                                 })
                                 .collect(),
-                        }))
+                        })
                     }
                     ParsedBody::Error { kind, message, stack } => EventBody::Error {
                         kind,
