@@ -266,6 +266,25 @@ impl Sessionizer {
             self.open.insert(key, s);
         }
         self.enforce_open_limit(out);
+        self.compact_queues();
+    }
+
+    /// The queues are lazy: an entry of a session closed early (by the open cap, an end event,
+    /// the action limit) or of a forgotten tombstone stays until its time comes. A flood of
+    /// new ids, each closed by the open cap long before its timeout, would grow them without
+    /// bound; so each is rebuilt from what it tracks once it holds twice as many entries.
+    fn compact_queues(&mut self) {
+        if self.due.len() > 2 * self.open.len() + 1024 {
+            self.due = self
+                .open
+                .iter()
+                .filter(|(_, s)| s.queued != NOT_QUEUED)
+                .map(|(k, s)| Reverse((s.queued, k.clone())))
+                .collect();
+        }
+        if self.expiring.len() > 2 * self.tombstones.len() + 1024 {
+            self.expiring = self.tombstones.iter().map(|(k, t)| Reverse((t.last_recv, k.clone()))).collect();
+        }
     }
 
     /// Over `max_open_sessions`, closes the least recently active 1 % (at least one), ordered
@@ -930,6 +949,21 @@ mod tests {
         let closed = only(&out);
         assert_eq!(closed.end_reason, Some(EndReason::OpenLimit));
         assert_eq!(summary(closed)["client_sid"], "sid-000c");
+    }
+
+    #[test]
+    fn the_lazy_queues_stay_bounded_under_a_flood_of_new_ids() {
+        let mut s = core(json!({"max_open_sessions": 200}));
+        for i in 0..20_000i64 {
+            let sid: &'static str = Box::leak(format!("flood-{i:05}").into_boxed_str());
+            run(&mut s, &[beacon(T0 + i).sid(sid)], T0 + i);
+            assert!(s.due.len() <= 2 * 200 + 1024 + 1 && s.expiring.len() <= 2 * 200 + 1024 + 1, "at {i}");
+        }
+        // nothing is lost by the rebuilds: every open session still closes on time
+        let out = s.flush(T0 + 20_000 + 31 * MIN);
+        assert_eq!(out.closed.len(), 200);
+        assert_eq!(s.open_count(), 0);
+        assert!(s.tombstones.is_empty());
     }
 
     #[test]
