@@ -25,12 +25,14 @@ from tests.conftest import ServerProcess, StartServer
 
 pytestmark = pytest.mark.slow
 
-PAD = "p" * 50_000  # an unknown field: the WAL keeps it, the session does not
+# 95 property events of 512 characters (the value limit) on one key: the WAL keeps every one
+# (~50 KB a beacon), the session only the last value.
+FILL = [{"type": "property", "key": "fill", "value": "p" * 512}] * 95
 
 
 def send(server: ServerProcess, app: str, sid: str) -> tuple[int, dict[str, str], bytes]:
-    body = orjson.dumps({"v": 1, "app": app, "sid": sid, "pad": PAD,
-                         "events": [{"type": "custom", "name": "fill", "dur": 5},
+    body = orjson.dumps({"v": 1, "app": app, "sid": sid,
+                         "events": [*FILL, {"type": "custom", "name": "fill", "dur": 5},
                                     {"type": "end", "reason": "done"}]})  # fmt: skip
     return server.request("POST", "/beacon", body)
 
