@@ -145,6 +145,11 @@ async def read_body(request: web.Request, max_body: int, max_decompressed: int) 
     in, so the whole body must arrive within `[ingest] body_timeout` (a slowloris is refused
     with 408 and its connection closed; other clients never wait for it).
     """
+    if request.content.is_eof():
+        # The whole body is buffered already (the common case: a beacon comes in one
+        # segment): nothing can trickle, and the timeout would cost ~5-9 µs a request
+        # (3 getpid() calls in CPython 3.11's get_running_loop, a Timeout and a timer).
+        return await _read_body(request, max_body, max_decompressed)
     timeout_s = request.app[SETTINGS].body_timeout_ms / 1000
     try:
         async with asyncio.timeout(timeout_s):
