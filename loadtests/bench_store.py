@@ -1,7 +1,7 @@
 """Benchmark: memory of open sessions, growth curves of the core, query latency over a big store.
 
     .venv/bin/python loadtests/bench_store.py [--quick] [--no-write] [--max-stored N]
-                                              [--store-dir DIR] [--skip-core]
+                                              [--store-dir DIR] [--skip-core] [--only memory]
 
 Real parts only: sessions are made by the real core (`collector._core.prepare` +
 `Sessionizer.ingest/flush`) from realistic native beacons, and stored through the real `Store`
@@ -23,7 +23,8 @@ temp directory; queries go over HTTP to a real collector (`python -m collector s
 what an earlier run built (to profile queries without rebuilding); with `--resume` also what
 that run measured, so an interrupted run carries on where it stopped. Unless `--no-write`, the
 "Memory, growth curves and query latency" section of docs/benchmarks.md (between its markers)
-is replaced.
+is replaced; with `--only memory` only part 1 runs (a few minutes) and only its sub-section
+("Memory of open sessions") of that section is replaced.
 """
 
 from __future__ import annotations
@@ -797,6 +798,27 @@ def write_section(text: str) -> None:
     replace_section(START, END, text, DOC)
 
 
+MEMORY_HEADING = "### Memory of open sessions (Rust core)"
+
+
+def write_memory_subsection(text: str) -> None:
+    """Replace only the memory sub-section (up to the next heading) inside this script's
+    section of the doc, keeping the growth and query tables of an earlier full run."""
+    new = text.split(MEMORY_HEADING, 1)[1].split("\n### ", 1)[0].split("\nMachine: ", 1)[0]
+    doc = DOC.read_text()
+    head, rest = doc.split(START, 1)
+    section, tail = rest.split(END, 1)
+    if MEMORY_HEADING not in section:
+        raise SystemExit(f"{DOC.name}: no '{MEMORY_HEADING}' in the bench_store section")
+    before, after = section.split(MEMORY_HEADING, 1)
+    after = after[after.index("\n### "):] if "\n### " in after else "\n"
+    stamp = (f"\n(Measured with `loadtests/bench_store.py --only memory`, core "
+             f"{_core.__version__}, "
+             f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}.)\n")
+    section = before + MEMORY_HEADING + new.rstrip() + "\n" + stamp + after
+    DOC.write_text(head + START + section + END + tail)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
@@ -806,6 +828,8 @@ def main() -> None:
     parser.add_argument("--skip-core", action="store_true", help="only the query latency")
     parser.add_argument("--resume", action="store_true",
                         help="with --store-dir: keep what an interrupted run measured there")
+    parser.add_argument("--only", choices=("memory",),
+                        help="run only this part and rewrite only its sub-section of the doc")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -824,6 +848,15 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     memory_sessions = 20_000 if args.quick else 100_000
+    if args.only == "memory":
+        memory = measure_memory(memory_sessions)
+        print(f"  {memory}", flush=True)
+        text = render(args, memory, None, [])
+        print(text)
+        if not args.no_write:
+            write_memory_subsection(text)
+            print(f"updated {DOC.relative_to(REPO)} (memory sub-section)")
+        return
     open_sizes = [1_000, 10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     max_stored = args.max_stored or (100_000 if args.quick else 1_000_000)
     sizes = (20_000, 100_000) if args.quick else (100_000, 1_000_000, 3_000_000)
