@@ -4,6 +4,7 @@
 //! `cargo test` runs without libpython. The rules are written down in `docs/sessionizer.md`.
 pub mod apdex;
 pub mod error;
+pub mod intern;
 pub mod privacy;
 pub mod settings;
 pub mod useragent;

@@ -1,6 +1,7 @@
 //! One user session: what it accumulates from beacons and how it is finalized (docs §5–§7).
 use crate::apdex::{self, ApdexCategory, ApdexCounts, Thresholds};
 use crate::beacon::{ActionEvent, ActionType, ErrorKind, Resource};
+use crate::intern::Table;
 use crate::settings::Settings;
 use crate::json::JsonWriter;
 use crate::useragent::UserAgent;
@@ -8,6 +9,7 @@ use crate::ux::{self, UxScore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Why a session was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -42,34 +44,254 @@ pub const MAX_PROPERTIES: usize = 50;
 /// Maximum number of distinct action names in a summary.
 pub const MAX_ACTION_NAMES: usize = 100;
 
-/// The rarely set parts of an action, out of line so a plain action stays small.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ActionExtra {
+/// What names an action: its name, URL and method, shared by every action that has the same
+/// (an XHR endpoint, a page's load, a button's click repeat across actions and sessions).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ActionKey {
+    pub name: Box<str>,
+    pub url: Option<Box<str>>,
     pub method: Option<Box<str>>,
-    pub traceparent: Option<Box<str>>,
-    pub timings: Box<[(Box<str>, f64)]>,
-    pub resources: Box<[Resource]>,
 }
 
-/// One action as an open session keeps it: a few words inline (memory is the limit on how
-/// many sessions a collector holds open), the rest boxed when present.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The shape of an action's timings and resources: the timing keys in arrival order and each
+/// resource's (url, initiator). Shared like [`ActionKey`]: a page's loads repeat it.
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExtraShape {
+    pub timing_keys: Box<[Box<str>]>,
+    pub resources: Box<[ResourceKey]>,
+}
+
+/// A resource's (url, initiator).
+pub type ResourceKey = (Option<Box<str>>, Option<Box<str>>);
+
+/// A traceparent (`00-{trace id}-{parent id}-{flags}`, validated at parse time) as its 25
+/// bytes instead of 55 characters; all zeros (an invalid trace id) when there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TraceParent([u8; 25]);
+
+impl TraceParent {
+    /// Parses a valid traceparent (`beacon::valid_traceparent`); `None` for anything else.
+    pub fn parse(s: &str) -> Option<TraceParent> {
+        if !crate::beacon::valid_traceparent(s) {
+            return None;
+        }
+        let b = s.as_bytes();
+        let nibble = |c: u8| if c.is_ascii_digit() { c - b'0' } else { c - b'a' + 10 };
+        let mut out = [0u8; 25];
+        let hex = b[3..35].iter().chain(&b[36..52]).chain(&b[53..55]).copied().collect::<Vec<u8>>();
+        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            *o = nibble(pair[0]) << 4 | nibble(pair[1]);
+        }
+        Some(TraceParent(out))
+    }
+
+    fn is_some(&self) -> bool {
+        self.0[..16].iter().any(|&b| b != 0)
+    }
+
+    /// The 55-character text form.
+    pub fn text(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(55);
+        out.push_str("00");
+        for (i, b) in self.0.iter().enumerate() {
+            if i == 0 || i == 16 || i == 24 {
+                out.push('-');
+            }
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
+        out
+    }
+}
+
+/// The rarely set parts of an action, out of line so a plain action stays small.
+#[derive(Debug, Clone)]
+pub struct ActionExtra {
+    pub shape: Arc<ExtraShape>,
+    /// the timing values (one per timing key), then per resource start, dur, status, size;
+    /// NaN for an absent one (JSON has no NaN)
+    pub numbers: Box<[f64]>,
+    pub trace: TraceParent,
+}
+
+/// One action as an open session keeps it: 40 bytes inline (memory is the limit on how many
+/// sessions a collector holds open), the repeated text shared, the rest boxed when present.
+#[derive(Debug, Clone)]
 pub struct Action {
     pub t: i64,
     pub dur: f64,
-    pub name: Box<str>,
-    pub url: Option<Box<str>>,
+    pub key: Arc<ActionKey>,
     pub extra: Option<Box<ActionExtra>>,
     /// 1 + index into the session's `pages`; 0 when the beacon had no page URL
     pub page: u32,
-    pub status: Option<u16>,
+    /// the HTTP status; [`NO_STATUS`] when there is none
+    pub status: u16,
     pub kind: ActionType,
 }
 
+/// [`Action::status`] of an action without one (a status is 0..999).
+pub const NO_STATUS: u16 = u16::MAX;
+
+/// The values shared across sessions, one table per kind (see `intern.rs`).
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub keys: Table<ActionKey>,
+    pub shapes: Table<ExtraShape>,
+    pub strings: Table<str>,
+}
+
 impl Action {
-    fn extra(&self) -> &ActionExtra {
-        static EMPTY: std::sync::OnceLock<ActionExtra> = std::sync::OnceLock::new();
-        self.extra.as_deref().unwrap_or_else(|| EMPTY.get_or_init(ActionExtra::default))
+    pub fn name(&self) -> &str {
+        &self.key.name
+    }
+
+    pub fn url(&self) -> Option<&str> {
+        self.key.url.as_deref()
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        (self.status != NO_STATUS).then_some(self.status)
+    }
+
+    fn trace(&self) -> Option<TraceParent> {
+        self.extra.as_ref().map(|x| x.trace).filter(TraceParent::is_some)
+    }
+
+    fn timings(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.extra.iter().flat_map(|x| x.shape.timing_keys.iter().map(|k| &**k).zip(x.numbers.iter().copied()))
+    }
+
+    fn resources(&self) -> impl Iterator<Item = ResourceView<'_>> {
+        self.extra.iter().flat_map(|x| {
+            let n = x.shape.timing_keys.len();
+            x.shape.resources.iter().zip(x.numbers[n..].chunks_exact(4)).map(|((url, initiator), v)| ResourceView {
+                url: url.as_deref(),
+                initiator: initiator.as_deref(),
+                start: some(v[0]),
+                dur: some(v[1]),
+                status: some(v[2]).map(|s| s as u16),
+                size: some(v[3]),
+            })
+        })
+    }
+
+    /// Makes the action of an event, its text shared through `shared`.
+    pub fn new(e: ActionEvent, page: u32, t: i64, shared: &mut Shared) -> Action {
+        let trace = e.traceparent.as_deref().and_then(TraceParent::parse).unwrap_or_default();
+        let has_extra = trace.is_some() || !e.timings.is_empty() || !e.resources.is_empty();
+        let extra = has_extra.then(|| {
+            let mut numbers = Vec::with_capacity(e.timings.len() + 4 * e.resources.len());
+            let mut timing_keys = Vec::with_capacity(e.timings.len());
+            for (k, v) in e.timings {
+                timing_keys.push(k.into_boxed_str());
+                numbers.push(v);
+            }
+            let mut resources = Vec::with_capacity(e.resources.len());
+            for r in e.resources {
+                resources.push((r.url.map(String::into_boxed_str), r.initiator.map(String::into_boxed_str)));
+                numbers.extend([none_nan(r.start), none_nan(r.dur), none_nan(r.status.map(f64::from)), none_nan(r.size)]);
+            }
+            let shape = ExtraShape { timing_keys: timing_keys.into_boxed_slice(), resources: resources.into_boxed_slice() };
+            Box::new(ActionExtra { shape: shared.shapes.owned(shape), numbers: numbers.into_boxed_slice(), trace })
+        });
+        let key = ActionKey {
+            name: e.name.into_boxed_str(),
+            url: e.url.map(String::into_boxed_str),
+            method: e.method.map(String::into_boxed_str),
+        };
+        Action { t, dur: e.dur, key: shared.keys.owned(key), extra, page, status: e.status.unwrap_or(NO_STATUS), kind: e.kind }
+    }
+
+    /// The same action with its text shared through `shared` (after a restore).
+    fn share(&mut self, shared: &mut Shared) {
+        self.key = shared.keys.share(&self.key);
+        if let Some(x) = &mut self.extra {
+            x.shape = shared.shapes.share(&x.shape);
+        }
+    }
+}
+
+fn none_nan(v: Option<f64>) -> f64 {
+    v.unwrap_or(f64::NAN)
+}
+
+fn some(v: f64) -> Option<f64> {
+    (!v.is_nan()).then_some(v)
+}
+
+/// A resource entry as the detail writes it.
+struct ResourceView<'a> {
+    url: Option<&'a str>,
+    initiator: Option<&'a str>,
+    start: Option<f64>,
+    dur: Option<f64>,
+    status: Option<u16>,
+    size: Option<f64>,
+}
+
+/// An action in checkpoints, in the layout of checkpoints before text was shared (so
+/// `RLCKPT02` checkpoints stay readable both ways).
+#[derive(Serialize, Deserialize)]
+struct ActionWire<S, R> {
+    t: i64,
+    dur: f64,
+    name: S,
+    url: Option<S>,
+    extra: Option<ExtraWire<S, R>>,
+    page: u32,
+    status: Option<u16>,
+    kind: ActionType,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExtraWire<S, R> {
+    method: Option<S>,
+    traceparent: Option<String>,
+    timings: Vec<(S, f64)>,
+    resources: Vec<R>,
+}
+
+#[derive(Serialize)]
+struct ResourceRef<'a> {
+    url: Option<&'a str>,
+    initiator: Option<&'a str>,
+    start: Option<f64>,
+    dur: Option<f64>,
+    status: Option<u16>,
+    size: Option<f64>,
+}
+
+impl Serialize for Action {
+    fn serialize<Z: serde::Serializer>(&self, z: Z) -> Result<Z::Ok, Z::Error> {
+        let has_extra = self.key.method.is_some() || self.extra.is_some();
+        let extra = has_extra.then(|| ExtraWire {
+            method: self.key.method.as_deref(),
+            traceparent: self.trace().map(|t| t.text()),
+            timings: self.timings().collect(),
+            resources: self
+                .resources()
+                .map(|r| ResourceRef { url: r.url, initiator: r.initiator, start: r.start, dur: r.dur, status: r.status, size: r.size })
+                .collect(),
+        });
+        ActionWire { t: self.t, dur: self.dur, name: self.name(), url: self.url(), extra, page: self.page, status: self.status(), kind: self.kind }
+            .serialize(z)
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
+        let w = ActionWire::<String, Resource>::deserialize(d)?;
+        let (method, traceparent, timings, resources) = match w.extra {
+            Some(x) => (x.method, x.traceparent, x.timings, x.resources),
+            None => (None, None, Vec::new(), Vec::new()),
+        };
+        if traceparent.as_deref().is_some_and(|t| TraceParent::parse(t).is_none()) {
+            return Err(serde::de::Error::custom("an invalid traceparent"));
+        }
+        let e = ActionEvent { kind: w.kind, name: w.name, url: w.url, method, dur: w.dur, status: w.status, traceparent, timings, resources };
+        // unshared until the sessionizer shares it (`Session::share`)
+        Ok(Action::new(e, w.page, w.t, &mut Shared::default()))
     }
 }
 
@@ -83,7 +305,7 @@ pub struct ErrorRec {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VitalRec {
-    pub name: String,
+    pub name: Arc<str>,
     pub value: f64,
     pub t: i64,
 }
@@ -107,11 +329,11 @@ pub struct Session {
     pub visitor_id: Option<String>,
     pub screen: Option<String>,
     pub ip: Option<String>,
-    pub user_agent: Option<String>,
+    pub user_agent: Option<Arc<str>>,
     pub synthetic: bool,
     pub properties: Vec<(String, String)>,
     /// distinct page URLs of the actions (an action stores an index, not a copy)
-    pub pages: Vec<Box<str>>,
+    pub pages: Vec<Arc<str>>,
     pub actions: Vec<Action>,
     pub errors: Vec<ErrorRec>,
     pub vitals: Vec<VitalRec>,
@@ -227,42 +449,45 @@ impl Session {
         }
     }
 
-    /// Adds an action received with the beacon's page URL.
-    pub fn push_action(&mut self, e: ActionEvent, page: Option<&str>, t: i64) {
+    /// Adds an action received with the beacon's page URL, its text shared through `shared`.
+    pub fn push_action(&mut self, e: ActionEvent, page: Option<&str>, t: i64, shared: &mut Shared) {
         let page = match page {
             None => 0,
             Some(p) => {
                 if let Some(i) = self.pages.iter().rposition(|known| &**known == p) {
                     i as u32 + 1
                 } else {
-                    self.pages.push(p.into());
+                    self.pages.push(shared.strings.str(p));
                     self.pages.len() as u32
                 }
             }
         };
-        let has_extra = e.method.is_some() || e.traceparent.is_some() || !e.timings.is_empty() || !e.resources.is_empty();
-        let extra = has_extra.then(|| {
-            Box::new(ActionExtra {
-                method: e.method.map(String::into_boxed_str),
-                traceparent: e.traceparent.map(String::into_boxed_str),
-                timings: e.timings.into_iter().map(|(k, v)| (k.into_boxed_str(), v)).collect(),
-                resources: e.resources.into_boxed_slice(),
-            })
-        });
         if self.actions.len() == self.actions.capacity() {
             // grow by a quarter, not double: open sessions are what fills a collector's memory
             self.actions.reserve_exact((self.actions.len() / 4).max(2));
         }
-        self.actions.push(Action {
-            t,
-            dur: e.dur,
-            name: e.name.into_boxed_str(),
-            url: e.url.map(String::into_boxed_str),
-            extra,
-            page,
-            status: e.status,
-            kind: e.kind,
-        });
+        self.actions.push(Action::new(e, page, t, shared));
+    }
+
+    /// Adds a vital, its name shared through `shared`.
+    pub fn push_vital(&mut self, name: &str, value: f64, t: i64, shared: &mut Shared) {
+        self.vitals.push(VitalRec { name: shared.strings.str(name), value, t });
+    }
+
+    /// Shares the text of a session restored from a checkpoint through `shared`.
+    pub fn share(&mut self, shared: &mut Shared) {
+        for a in &mut self.actions {
+            a.share(shared);
+        }
+        for p in &mut self.pages {
+            *p = shared.strings.share(p);
+        }
+        for v in &mut self.vitals {
+            v.name = shared.strings.share(&v.name);
+        }
+        if let Some(ua) = &mut self.user_agent {
+            *ua = shared.strings.share(ua);
+        }
     }
 
     fn page(&self, a: &Action) -> Option<&str> {
@@ -270,7 +495,7 @@ impl Session {
     }
 
     fn thresholds(&self, settings: &Settings, a: &Action) -> Thresholds {
-        if let Some(th) = settings.key_actions.get(&self.app).and_then(|m| m.get(&*a.name)) {
+        if let Some(th) = settings.key_actions.get(&self.app).and_then(|m| m.get(a.name())) {
             return *th;
         }
         match a.kind {
@@ -310,7 +535,7 @@ impl Session {
         let mut categories = Vec::with_capacity(order.len());
         for (pos, &i) in order.iter().enumerate() {
             let a = &self.actions[i];
-            let failed = action_failed[pos] || (a.kind == ActionType::Xhr && a.status.is_some_and(|s| s >= 400));
+            let failed = action_failed[pos] || (a.kind == ActionType::Xhr && a.status().is_some_and(|s| s >= 400));
             let c = apdex::rate(a.dur, failed, self.thresholds(settings, a));
             counts.add(c);
             categories.push(c);
@@ -335,7 +560,7 @@ impl Session {
         for e in &self.errors {
             errors_by_kind[e.kind as usize] += 1;
         }
-        let page_of = |i: usize| -> Option<&str> { self.page(&self.actions[i]).or(self.actions[i].url.as_deref()) };
+        let page_of = |i: usize| -> Option<&str> { self.page(&self.actions[i]).or(self.actions[i].url()) };
         let entry_page = order.first().and_then(|&i| page_of(i));
         let exit_page = order.last().and_then(|&i| page_of(i));
 
@@ -349,7 +574,7 @@ impl Session {
         }
         let mut action_names: Vec<&str> = Vec::new();
         for &i in &order {
-            let n = &*self.actions[i].name;
+            let n = self.actions[i].name();
             if action_names.len() >= MAX_ACTION_NAMES {
                 break;
             }
@@ -369,7 +594,7 @@ impl Session {
 
         let text_len = |s: &str| s.len() + 16;
         let mut w = JsonWriter::with_capacity(
-            700 + self.actions.iter().take(MAX_ACTION_NAMES).map(|a| text_len(&a.name)).sum::<usize>()
+            700 + self.actions.iter().take(MAX_ACTION_NAMES).map(|a| text_len(a.name())).sum::<usize>()
                 + self.properties.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
                 + 2 * entry_page.map_or(0, text_len),
         );
@@ -479,7 +704,7 @@ impl Session {
         w.begin_array();
         for (pos, &i) in order.iter().enumerate() {
             let a = &self.actions[i];
-            let x = a.extra();
+            let trace = a.trace().map(|t| t.text());
             w.element();
             w.begin_object();
             w.key("index");
@@ -487,13 +712,13 @@ impl Session {
             w.key("type");
             w.str(a.kind.as_str());
             w.key("name");
-            w.str(&a.name);
+            w.str(a.name());
             w.key("url");
-            w.opt_str(a.url.as_deref());
+            w.opt_str(a.url());
             w.key("page");
             w.opt_str(self.page(a));
             w.key("method");
-            w.opt_str(x.method.as_deref());
+            w.opt_str(a.key.method.as_deref());
             w.key("start");
             w.int(a.t);
             w.key("duration");
@@ -501,16 +726,16 @@ impl Session {
             w.key("apdex");
             w.str(categories[pos].as_str());
             w.key("status");
-            w.opt_int(a.status);
+            w.opt_int(a.status());
             w.key("traceparent");
-            w.opt_str(x.traceparent.as_deref());
+            w.opt_str(trace.as_deref());
             w.key("trace_id");
-            w.opt_str(x.traceparent.as_deref().map(|t| &t[3..35]));
+            w.opt_str(trace.as_deref().map(|t| &t[3..35]));
             w.key("timings");
             w.begin_object();
-            if !x.timings.is_empty() {
+            if a.extra.as_ref().is_some_and(|x| !x.shape.timing_keys.is_empty()) {
                 // truncated keys may repeat: the last value wins, as in a map
-                let timings: BTreeMap<&str, f64> = x.timings.iter().map(|(k, v)| (&**k, *v)).collect();
+                let timings: BTreeMap<&str, f64> = a.timings().collect();
                 for (k, v) in timings {
                     w.key_str(k);
                     w.float(v);
@@ -519,9 +744,9 @@ impl Session {
             w.end_object();
             w.key("resources");
             w.begin_array();
-            for r in &*x.resources {
+            for r in a.resources() {
                 w.element();
-                write_resource(&mut w, r);
+                write_resource(&mut w, &r);
             }
             w.end_array();
             w.key("error_count");
@@ -620,7 +845,7 @@ impl Session {
                 }
             }
             for v in &self.vitals {
-                m.vitals.push((self.app.clone(), v.name.clone(), v.value));
+                m.vitals.push((self.app.clone(), v.name.to_string(), v.value));
             }
         }
         Closed {
@@ -646,13 +871,13 @@ fn write_properties(w: &mut JsonWriter, properties: &[(&str, &str)]) {
 }
 
 /// A resource entry leaves its absent fields out.
-fn write_resource(w: &mut JsonWriter, r: &Resource) {
+fn write_resource(w: &mut JsonWriter, r: &ResourceView) {
     w.begin_object();
-    if let Some(url) = &r.url {
+    if let Some(url) = r.url {
         w.key("url");
         w.str(url);
     }
-    if let Some(initiator) = &r.initiator {
+    if let Some(initiator) = r.initiator {
         w.key("initiator");
         w.str(initiator);
     }
@@ -675,11 +900,14 @@ fn write_resource(w: &mut JsonWriter, r: &Resource) {
 
 /// Enough for a session's detail in one allocation, most of the time.
 fn detail_capacity(s: &Session) -> usize {
-    let opt = |o: &Option<Box<str>>| o.as_deref().map_or(0, str::len);
     let actions: usize = s
         .actions
         .iter()
-        .map(|a| 330 + a.name.len() + opt(&a.url) + a.extra.as_ref().map_or(0, |x| 200 + 90 * x.resources.len() + 30 * x.timings.len()))
+        .map(|a| {
+            330 + a.name().len()
+                + a.url().map_or(0, str::len)
+                + a.extra.as_ref().map_or(0, |x| 200 + 90 * x.shape.resources.len() + 30 * x.shape.timing_keys.len())
+        })
         .sum();
     let text = |o: &Option<String>| o.as_deref().map_or(0, str::len);
     let errors: usize = s.errors.iter().map(|e| 90 + text(&e.message) + text(&e.stack)).sum();

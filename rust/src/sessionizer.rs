@@ -3,7 +3,7 @@ use crate::beacon::{self, Beacon, Event, EventBody, Rejection};
 use crate::error::CoreError;
 use crate::privacy::{self, Scrubber};
 use crate::record::{self, Record};
-use crate::session::{Closed, EndReason, ErrorRec, RageRec, Session, SessionMetrics, VitalRec, NOT_QUEUED};
+use crate::session::{Closed, EndReason, ErrorRec, RageRec, Session, SessionMetrics, Shared, NOT_QUEUED};
 use crate::settings::Settings;
 use crate::useragent::UaCache;
 use crate::wire::{self, ParsedBeacon};
@@ -36,6 +36,8 @@ pub struct Sessionizer {
     open: HashMap<String, Session>,
     tombstones: HashMap<String, Tombstone>,
     ua_cache: UaCache,
+    /// Text that repeats across open sessions, stored once.
+    shared: Shared,
     /// Open sessions by the time they can be due, earliest first, so that `flush` (after every
     /// `ingest`) looks only at those instead of scanning every open session. Lazy: an entry's
     /// time is at most its session's deadline (a deadline only moves later), and entries of
@@ -89,6 +91,7 @@ impl Sessionizer {
             open: HashMap::new(),
             tombstones: HashMap::new(),
             ua_cache,
+            shared: Shared::default(),
             due: BinaryHeap::new(),
             expiring: BinaryHeap::new(),
         })
@@ -162,14 +165,14 @@ impl Sessionizer {
     }
 
     /// A new session for `key` at `recv` (the next part when a tombstone is recent).
-    fn new_session(&self, key: &str, ctx: &BeaconCtx) -> Session {
+    fn new_session(&mut self, key: &str, ctx: &BeaconCtx) -> Session {
         let b = ctx.beacon;
         let part = match self.tombstones.get(key) {
             Some(t) if ctx.recv - t.last_recv < self.settings.timeout_ms as i64 => t.part + 1,
             _ => 1,
         };
         let mut s = Session::new(&b.app, &b.sid, part, ctx.recv);
-        apply_beacon_fields(&mut s, ctx);
+        apply_beacon_fields(&mut s, ctx, &mut self.shared);
         s
     }
 
@@ -206,7 +209,7 @@ impl Sessionizer {
             }
             Some(mut s) => {
                 s.last_recv = s.last_recv.max(ctx.recv);
-                apply_beacon_fields(&mut s, ctx);
+                apply_beacon_fields(&mut s, ctx, &mut self.shared);
                 Some(s)
             }
             None => None,
@@ -240,9 +243,9 @@ impl Sessionizer {
             }
             s.dirty = true;
             match ev.body {
-                EventBody::Action(a) => s.push_action(a, b.page_url.as_deref(), t),
+                EventBody::Action(a) => s.push_action(a, b.page_url.as_deref(), t, &mut self.shared),
                 EventBody::Error { kind, message, stack } => s.errors.push(ErrorRec { kind, message, stack, t }),
-                EventBody::Vital { name, value } => s.vitals.push(VitalRec { name, value, t }),
+                EventBody::Vital { name, value } => s.push_vital(&name, value, t, &mut self.shared),
                 EventBody::RageClick { target, count } => s.rage.push(RageRec { target, count, t }),
                 EventBody::Identify(tag) => {
                     if !ctx.dnt {
@@ -405,6 +408,7 @@ impl Sessionizer {
             .into_iter()
             .map(|mut s| {
                 s.dirty = true;
+                s.share(&mut self.shared);
                 (key_of(&s.app, &s.sid), s)
             })
             .collect();
@@ -425,7 +429,7 @@ fn deadline(settings: &Settings, s: &Session) -> i64 {
     timeout.min(s.first_recv.saturating_add(settings.max_duration_ms as i64))
 }
 
-fn apply_beacon_fields(s: &mut Session, ctx: &BeaconCtx) {
+fn apply_beacon_fields(s: &mut Session, ctx: &BeaconCtx, shared: &mut Shared) {
     let b = ctx.beacon;
     s.dirty = true;
     if let Some(user) = b.user.as_deref().filter(|_| !ctx.dnt) {
@@ -443,7 +447,7 @@ fn apply_beacon_fields(s: &mut Session, ctx: &BeaconCtx) {
         s.ip = ctx.ip.map(str::to_owned);
     }
     if s.user_agent.is_none() && !ctx.user_agent.is_empty() {
-        s.user_agent = Some(ctx.user_agent.to_owned());
+        s.user_agent = Some(shared.strings.str(ctx.user_agent));
     }
     s.synthetic |= b.synthetic;
 }
