@@ -9,10 +9,13 @@ Runs, on this machine and in the same run:
 2. `rumline --workers 1` and `--workers 2` with single native beacons (one event each);
 3. the same with batched POSTs of 50 events (a browser agent flushing a queue).
 
-The load generator is a raw HTTP/1.1 keep-alive client on uvloop (one request in flight per
-connection; the 204 only comes after the fsync'ed commit, so it measures durable acks). It
-runs in its own process(es) on the same machine, so client and server share the CPUs: compare
-rows with each other, not with numbers from another machine. `--write` replaces the
+The load generator is `loadtests/loadgen` (Rust, built here with `cargo build --release -p
+loadgen` when needed): N keep-alive connections, one request in flight on each (the 204 only
+comes after the fsync'ed commit, so it measures durable acks), one blocking thread per
+connection, a few µs of CPU per request. `--client python` is the raw HTTP/1.1 client on
+uvloop it replaced, which took about one CPU by itself. Either runs on the same machine, so
+client and server share the CPUs: compare rows with each other, not with numbers from another
+machine; each row gives the client's own CPU time too. `--write` replaces the
 "Ingest" section of docs/benchmarks.md (between its markers) with the results, and with the
 notes of the last profile of this path (`PROFILE_NOTES`). `--compare REV` adds
 `rumline --workers 1` as of git revision REV (its Python code, today's Rust core), measured in
@@ -23,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -72,11 +77,14 @@ def beacon_body(events: int, n: int) -> bytes:
     return orjson.dumps(body)
 
 
+USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/131.0.0.0 Safari/537.36")  # fmt: skip
+
+
 def request_bytes(body: bytes) -> bytes:
     head = (
         "POST /beacon HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
-        "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-        f"Chrome/131.0.0.0 Safari/537.36\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"User-Agent: {USER_AGENT}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -148,9 +156,73 @@ def _load_process(port: int, requests: list[bytes], connections: int, seconds: f
     out.put(uvloop.run(_load(port, requests, connections, seconds)))
 
 
-def run_load(port: int, requests: list[bytes], connections: int, seconds: float,
-             processes: int) -> tuple[float, float]:  # fmt: skip
-    """(successful requests per second, errors per second) over `seconds`."""
+def loadgen_binary() -> Path:
+    """`loadtests/loadgen`, built (release) if missing or out of date: cargo only relinks
+    when a source changed, so this costs a fraction of a second after the first build."""
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "loadgen"], cwd=REPO,
+                   check=True)  # fmt: skip
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    return (target if target.is_absolute() else REPO / target) / "release" / "loadgen"
+
+
+@dataclass
+class Load:
+    """What one run of the load generator sends: `bodies` in turn on each connection."""
+
+    bodies: list[bytes]
+    connections: int
+    client: str  # "rust" (loadtests/loadgen) or "python" (the uvloop client above)
+    processes: int = 1  # python client processes
+    binary: Path | None = None
+    bodies_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.client == "rust":
+            self.binary = loadgen_binary()
+            fd, name = tempfile.mkstemp(prefix="rumline-bench-bodies-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"\n".join(self.bodies) + b"\n")  # orjson output has no newline
+            self.bodies_file = Path(name)
+        self.requests = [request_bytes(body) for body in self.bodies]
+
+    def close(self) -> None:
+        if self.bodies_file:
+            self.bodies_file.unlink(missing_ok=True)
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_load(port: int, load: Load, seconds: float) -> tuple[float, float, float]:
+    """(successful requests per second, errors per second, the client's CPU seconds) over
+    `seconds`. The client's CPU is that of the waited-for child processes that ran it (the
+    servers are children too, but they are only waited for once stopped, after every run)."""
+    cpu_before = children_cpu_seconds()
+    if load.client == "rust":
+        ok, errors = _run_loadgen(port, load, seconds)
+    else:
+        ok, errors = _run_python_load(port, load.requests, load.connections, seconds,
+                                      load.processes)  # fmt: skip
+    return ok / seconds, errors / seconds, children_cpu_seconds() - cpu_before
+
+
+def _run_loadgen(port: int, load: Load, seconds: float) -> tuple[int, int]:
+    assert load.binary and load.bodies_file
+    result = subprocess.run(
+        [str(load.binary), "--port", str(port), "--body", str(load.bodies_file), "--body-lines",
+         "--connections", str(load.connections), "--duration", str(seconds),
+         "--header", f"User-Agent: {USER_AGENT}"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    ok = report["statuses"].get("204", 0)
+    return ok, report["requests"] - ok + report["errors"]
+
+
+def _run_python_load(port: int, requests: list[bytes], connections: int, seconds: float,
+                     processes: int) -> tuple[int, int]:  # fmt: skip
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()
     per = [connections // processes + (i < connections % processes) for i in range(processes)]
@@ -161,9 +233,7 @@ def run_load(port: int, requests: list[bytes], connections: int, seconds: float,
     results = [out.get() for _ in procs]
     for p in procs:
         p.join()
-    ok = sum(r[0] for r in results)
-    errors = sum(r[1] for r in results)
-    return ok / seconds, errors / seconds
+    return sum(r[0] for r in results), sum(r[1] for r in results)
 
 
 # --- servers -----------------------------------------------------------------------------
@@ -292,6 +362,8 @@ class Row:
     events_s: float
     errors_s: float
     cpu_us: float  # server CPU per request, all processes and threads
+    client_cpu_us: float  # the load generator's CPU per request
+    client_cpus: float  # the load generator's CPU seconds per second of the run
 
 
 def settle(server: Server, timeout_s: float = 30.0) -> None:
@@ -305,32 +377,40 @@ def settle(server: Server, timeout_s: float = 30.0) -> None:
             return
 
 
-def run_once(server: Server, requests: list[bytes], args: argparse.Namespace) -> tuple[float, ...]:
+def run_once(server: Server, load: Load, args: argparse.Namespace) -> tuple[float, ...]:
     settle(server)
     cpu_before = group_cpu_seconds(server.process.pid)
-    rate, errors = run_load(server.port, requests, args.connections, args.duration, args.clients)
+    rate, errors, client_cpu = run_load(server.port, load, args.duration)
     cpu = group_cpu_seconds(server.process.pid) - cpu_before
-    return rate, errors, cpu / max(1.0, rate * args.duration) * 1e6
+    requests = max(1.0, rate * args.duration)
+    client_us = client_cpu / requests * 1e6
+    return rate, errors, cpu / requests * 1e6, client_us, client_cpu / args.duration
 
 
 def measure_all(servers: list[Server], load: str, events: int,
                 args: argparse.Namespace) -> list[Row]:  # fmt: skip
     """Rounds of one run per server, interleaved, so that every server meets the same noise
     of a shared machine; per server the best of `--repeat` runs (the least disturbed)."""
-    requests = [request_bytes(beacon_body(events, n)) for n in range(1000)]
-    for server in servers:  # warm-up
-        run_load(server.port, requests, args.connections, min(2.0, args.duration), args.clients)
-    runs: dict[str, list[tuple[float, ...]]] = {server.name: [] for server in servers}
-    for _ in range(args.repeat):
-        for server in servers:
-            runs[server.name].append(run_once(server, requests, args))
+    bodies = [beacon_body(events, n) for n in range(1000)]
+    client = Load(bodies, args.connections, args.client, args.clients)
+    try:
+        for server in servers:  # warm-up
+            run_load(server.port, client, min(2.0, args.duration))
+        runs: dict[str, list[tuple[float, ...]]] = {server.name: [] for server in servers}
+        for _ in range(args.repeat):
+            for server in servers:
+                runs[server.name].append(run_once(server, client, args))
+    finally:
+        client.close()
     rows = []
     sys.stdout.flush()
     for server in servers:
-        rate, errors, cpu_us = max(runs[server.name])
-        rows.append(Row(server.name, load, rate, rate * events, errors, cpu_us))
+        rate, errors, cpu_us, client_us, client_cpus = max(runs[server.name])
+        rows.append(Row(server.name, load, rate, rate * events, errors, cpu_us, client_us,
+                        client_cpus))  # fmt: skip
         print(f"{server.name:<34} {load:<26} {rate:>9,.0f} req/s {rate * events:>10,.0f} "
-              f"events/s  {cpu_us:>6.0f} µs CPU/req  errors {errors:,.0f}/s")  # fmt: skip
+              f"events/s  {cpu_us:>6.0f} µs CPU/req  errors {errors:,.0f}/s  client "
+              f"{client_us:.0f} µs/req, {client_cpus:.2f} CPU")  # fmt: skip
     return rows
 
 
@@ -338,7 +418,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--clients", type=int, default=1, help="load generator processes")
+    parser.add_argument("--client", choices=("rust", "python"), default="rust",
+                        help="load generator: loadtests/loadgen or the uvloop client")  # fmt: skip
+    parser.add_argument("--clients", type=int, default=1,
+                        help="load generator processes (--client python)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the best counts")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--compare", metavar="REV",
@@ -454,6 +537,31 @@ def profile_notes(rows: list[Row], bare: dict[str, float]) -> list[str]:
     return lines
 
 
+# The Python client's cost, measured before loadtests/loadgen replaced it (same machine).
+PYTHON_CLIENT_NOTE = ("Until 2026-11-26 this script's client was a raw HTTP/1.1 client in "
+                      "Python on uvloop: {python}")  # fmt: skip
+PYTHON_CLIENT_MEASURED = "(not measured yet)"
+
+
+def client_notes(rows: list[Row], args: argparse.Namespace) -> list[str]:
+    """What the load generator is and what it cost in this run."""
+    busiest = max(rows, key=lambda row: row.client_cpus)
+    per_request = sorted(row.client_cpu_us for row in rows)
+    if args.client == "python":
+        return [f"The load generator is the Python client (`--client python`, {args.clients} "
+                f"process(es)): {per_request[0]:,.0f}–{per_request[-1]:,.0f} µs of CPU per "
+                f"request, up to {busiest.client_cpus:.2f} of a CPU ({busiest.server}, "
+                f"{busiest.load})."]  # fmt: skip
+    return [
+        "The load generator is `loadtests/loadgen` (Rust, std only: one blocking thread per "
+        "keep-alive connection, built by this script with `cargo build --release -p loadgen`):"
+        f" {per_request[0]:,.0f}–{per_request[-1]:,.0f} µs of CPU per request in this run, "
+        f"mostly kernel time of the loopback TCP send and receive, and at most "
+        f"{busiest.client_cpus:.2f} of a CPU ({busiest.server}, {busiest.load}). "
+        + PYTHON_CLIENT_NOTE.format(python=PYTHON_CLIENT_MEASURED)
+    ]
+
+
 def write_section(
     rows: list[Row], args: argparse.Namespace, fsync_ms: float, load: tuple[float, float]
 ) -> None:
@@ -463,7 +571,8 @@ def write_section(
         "## Ingest: HTTP to durable acknowledgement",
         "",
         f"`loadtests/bench_ingest.py --duration {args.duration:g} --connections "
-        f"{args.connections} --clients {args.clients} --repeat {args.repeat}"
+        f"{args.connections} --client {args.client}"
+        f"{f' --clients {args.clients}' if args.client == 'python' else ''} --repeat {args.repeat}"
         f"{f' --compare {args.compare}' if args.compare else ''}` (best run of "
         f"{args.repeat} per row, runs of the servers interleaved) on {os.cpu_count()} CPUs "
         f"({platform.machine()}, Python {platform.python_version()}), client and server on "
@@ -474,16 +583,21 @@ def write_section(
         "commit syncs twice (data, then meta page). `no fsync` (`storage.sync = false`, not "
         "durable on power loss) shows the CPU path alone. `CPU/request` is the CPU time of all "
         "the server's processes and threads per request; `events/CPU-s` = events per second "
-        "of one core.",
+        "of one core; `client CPU` is the load generator's own CPU time per request and, in "
+        "parentheses, the share of one CPU it took during the run.",
         "",
-        "| server | load | requests/s | events/s | vs bare | CPU/request | events/CPU-s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        *client_notes(rows, args),
+        "",
+        "| server | load | requests/s | events/s | vs bare | CPU/request | events/CPU-s "
+        "| client CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         per_core = row.events_s / row.requests_s * 1e6 / row.cpu_us if row.cpu_us else 0
         lines.append(f"| {row.server} | {row.load} | {row.requests_s:,.0f} | "
                      f"{row.events_s:,.0f} | {row.requests_s / bare[row.load]:.2f}× | "
-                     f"{row.cpu_us:,.0f} µs | {per_core:,.0f} |")  # fmt: skip
+                     f"{row.cpu_us:,.0f} µs | {per_core:,.0f} | {row.client_cpu_us:,.0f} µs "
+                     f"({row.client_cpus:.2f}) |")  # fmt: skip
     lines += [
         "",
         "What bounds rumline here, per single beacon: aiohttp's own path costs what the bare "
@@ -494,8 +608,8 @@ def write_section(
         "(`_core.prepare` parses and validates every event) and the sessionizer thread "
         "(`ingest`, the closed sessions) take most of the CPU. With 64 closed-loop "
         "connections that each wait for an fsync'ed commit, requests/s is also "
-        "bounded by 64 / (commit latency + one round trip). The load generator takes about "
-        "one of the CPUs. `CPU/request` is the steadiest figure across runs on a shared "
+        "bounded by 64 / (commit latency + one round trip). `CPU/request` is the steadiest "
+        "figure across runs on a shared "
         "machine; requests/s varied by ±40% between runs of this script.",
         "",
         *profile_notes(rows, bare),
