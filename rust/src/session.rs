@@ -110,9 +110,63 @@ impl TraceParent {
 pub struct ActionExtra {
     pub shape: Arc<ExtraShape>,
     /// the timing values (one per timing key), then per resource start, dur, status, size;
-    /// NaN for an absent one (JSON has no NaN)
-    pub numbers: Box<[f64]>,
+    /// NaN for an absent one (JSON has no NaN); see [`Numbers`]
+    pub numbers: Box<[u32]>,
     pub trace: TraceParent,
+    /// whether `numbers` holds `f64` (not `f32`) bits; here, not in [`Numbers`], so the
+    /// extra fits a 64-byte malloc chunk
+    pub wide: bool,
+}
+
+impl ActionExtra {
+    fn numbers(&self) -> Numbers<'_> {
+        Numbers { bits: &self.numbers, wide: self.wide }
+    }
+}
+
+/// Numbers stored as `f32` when every one of them is exactly an `f32` (whole milliseconds
+/// below 2^24, sizes, statuses: nearly always), else as `f64`: half the bytes, same values.
+#[derive(Debug, Clone, Copy)]
+pub struct Numbers<'a> {
+    /// `f32` bits, or the low and high halves of `f64` bits when `wide`
+    bits: &'a [u32],
+    wide: bool,
+}
+
+impl<'a> Numbers<'a> {
+    /// The bits of `values` and whether they are wide.
+    fn encode(values: &[f64]) -> (Box<[u32]>, bool) {
+        let narrow = |v: f64| v.is_nan() || f64::from(v as f32).to_bits() == v.to_bits();
+        if values.iter().all(|&v| narrow(v)) {
+            (values.iter().map(|&v| (v as f32).to_bits()).collect(), false)
+        } else {
+            let bits = values.iter().flat_map(|v| {
+                let b = v.to_bits();
+                [b as u32, (b >> 32) as u32]
+            });
+            (bits.collect(), true)
+        }
+    }
+
+    fn len(&self) -> usize {
+        if self.wide {
+            self.bits.len() / 2
+        } else {
+            self.bits.len()
+        }
+    }
+
+    fn get(&self, i: usize) -> f64 {
+        if self.wide {
+            f64::from_bits(u64::from(self.bits[2 * i]) | u64::from(self.bits[2 * i + 1]) << 32)
+        } else {
+            f64::from(f32::from_bits(self.bits[i]))
+        }
+    }
+
+    fn iter(self) -> impl Iterator<Item = f64> + 'a {
+        (0..self.len()).map(move |i| self.get(i))
+    }
 }
 
 /// One action as an open session keeps it: 40 bytes inline (memory is the limit on how many
@@ -159,19 +213,22 @@ impl Action {
     }
 
     fn timings(&self) -> impl Iterator<Item = (&str, f64)> {
-        self.extra.iter().flat_map(|x| x.shape.timing_keys.iter().map(|k| &**k).zip(x.numbers.iter().copied()))
+        self.extra.iter().flat_map(|x| x.shape.timing_keys.iter().map(|k| &**k).zip(x.numbers().iter()))
     }
 
     fn resources(&self) -> impl Iterator<Item = ResourceView<'_>> {
         self.extra.iter().flat_map(|x| {
             let n = x.shape.timing_keys.len();
-            x.shape.resources.iter().zip(x.numbers[n..].chunks_exact(4)).map(|((url, initiator), v)| ResourceView {
-                url: url.as_deref(),
-                initiator: initiator.as_deref(),
-                start: some(v[0]),
-                dur: some(v[1]),
-                status: some(v[2]).map(|s| s as u16),
-                size: some(v[3]),
+            x.shape.resources.iter().enumerate().map(move |(i, (url, initiator))| {
+                let v = |j: usize| some(x.numbers().get(n + 4 * i + j));
+                ResourceView {
+                    url: url.as_deref(),
+                    initiator: initiator.as_deref(),
+                    start: v(0),
+                    dur: v(1),
+                    status: v(2).map(|s| s as u16),
+                    size: v(3),
+                }
             })
         })
     }
@@ -193,7 +250,8 @@ impl Action {
                 numbers.extend([none_nan(r.start), none_nan(r.dur), none_nan(r.status.map(f64::from)), none_nan(r.size)]);
             }
             let shape = ExtraShape { timing_keys: timing_keys.into_boxed_slice(), resources: resources.into_boxed_slice() };
-            Box::new(ActionExtra { shape: shared.shapes.owned(shape), numbers: numbers.into_boxed_slice(), trace })
+            let (numbers, wide) = Numbers::encode(&numbers);
+            Box::new(ActionExtra { shape: shared.shapes.owned(shape), numbers, trace, wide })
         });
         let key = ActionKey {
             name: e.name.into_boxed_str(),
@@ -944,6 +1002,48 @@ mod tests {
             assert_eq!(r.as_str(), n);
             assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{n}\""));
         }
+    }
+
+    /// What an open session pays per action (see docs/benchmarks.md, memory of open
+    /// sessions): the inline action, and for a load or an XHR one boxed extra; the text is
+    /// shared. `cargo test --release sizes -- --nocapture` prints them.
+    #[test]
+    fn an_action_stays_small() {
+        use std::mem::size_of;
+        let sizes = [
+            ("Action", size_of::<Action>()),
+            ("ActionExtra", size_of::<ActionExtra>()),
+            ("VitalRec", size_of::<VitalRec>()),
+            ("ErrorRec", size_of::<ErrorRec>()),
+            ("Session", size_of::<Session>()),
+        ];
+        println!("{sizes:?}");
+        assert_eq!(size_of::<Action>(), 40);
+        assert!(size_of::<ActionExtra>() <= 56, "one 64-byte malloc chunk");
+    }
+
+    #[test]
+    fn a_traceparent_round_trips_through_its_bytes() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = TraceParent::parse(text).unwrap();
+        assert!(t.is_some());
+        assert_eq!(t.text(), text);
+        assert!(!TraceParent::default().is_some());
+        assert!(TraceParent::parse("00-4bf9").is_none());
+    }
+
+    #[test]
+    fn numbers_keep_their_exact_values() {
+        for values in [vec![1.0, 0.0, -0.0, f64::NAN, 48213.0, 16_777_216.0], vec![0.1, 123.400_000_005, 1e300, 3.0, f64::NAN]] {
+            let (bits, wide) = Numbers::encode(&values);
+            let n = Numbers { bits: &bits, wide };
+            assert_eq!(n.len(), values.len());
+            for (a, b) in n.iter().zip(&values) {
+                assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{a} {b}");
+            }
+        }
+        assert!(!Numbers::encode(&[1.0, 0.5, f64::NAN]).1);
+        assert!(Numbers::encode(&[1.0, 0.1]).1);
     }
 
     #[test]
