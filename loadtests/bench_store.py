@@ -699,6 +699,13 @@ def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] |
             "carries 5 timings, 2 resources and an LCP vital; errors, rage clicks, properties",
             f"come now and then); per event the slope is {per_event:,.0f} B.",
             "",
+            "Where an action's bytes go (`rust/src/session.rs`, sizes checked by its test",
+            "`an_action_stays_small`): 40 bytes inline in the session's action list; its name,",
+            "URL and method one shared `Arc` per sessionizer (as are timing keys, resource URLs",
+            "and initiators, page URLs, vital names, user agents); a load or an XHR adds one",
+            "56-byte box (the traceparent as 25 bytes) and a load its numbers (timings, resource",
+            "start/dur/status/size) as `f32` when exact.",
+            "",
             "| measure | per 100k sessions | per session | target |",
             "|---|---:|---:|---|",
             f"| sessions of 10 actions | {mib(memory.per_session_10 * 1e5)} | "
@@ -814,7 +821,8 @@ def write_memory_subsection(text: str) -> None:
     after = after[after.index("\n### "):] if "\n### " in after else "\n"
     stamp = (f"\n(Measured with `loadtests/bench_store.py --only memory`, core "
              f"{_core.__version__}, "
-             f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}.)\n")
+             f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}; the "
+             "tables below come from the last full run, dated at the end of this section.)\n")
     section = before + MEMORY_HEADING + new.rstrip() + "\n" + stamp + after
     DOC.write_text(head + START + section + END + tail)
 
