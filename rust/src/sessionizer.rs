@@ -915,6 +915,34 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_checkpoint_writes_the_same_bytes_and_details() {
+        // actions with every extra part: shared text, f32 and f64 numbers, absent resource
+        // fields, a traceparent; the checkpoint layout is the one of RLCKPT02 before sharing
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let stream = vec![
+            beacon(T0).ev(json!({"type": "load", "name": "loading of page /", "url": "https://a.example/", "start": T0, "dur": 812.5,
+                "timing": {"ttfb": 31.25, "fcp": 123.400_000_1, "lcp": 4100, "ttfb2": 1e300},
+                "resources": [{"url": "https://a.example/app.js", "initiator": "script", "start": 0.1, "dur": 3, "status": 200, "size": 48213},
+                              {"initiator": "fetch"}, {}]})),
+            beacon(T0 + 1000).ev(json!({"type": "xhr", "name": "POST /checkout", "url": "https://a.example/checkout", "method": "POST",
+                "status": 500, "start": T0 + 1000, "dur": 80, "traceparent": tp}))
+                .ev(json!({"type": "custom", "name": "click", "start": T0 + 1500}))
+                .ev(json!({"type": "vital", "name": "lcp", "value": 4100, "start": T0 + 900})),
+        ];
+        let mut first = core(json!({}));
+        run(&mut first, &stream, T0 + 2000);
+        let state = first.checkpoint();
+        let mut second = core(json!({}));
+        second.restore(&state).unwrap();
+        assert_eq!(second.checkpoint(), state);
+        let details = |c: &mut Sessionizer| c.live().into_iter().map(|c| (c.summary, c.detail)).collect::<Vec<_>>();
+        let (a, b) = (details(&mut first), details(&mut second));
+        assert_eq!(a, b);
+        let detail = String::from_utf8(a[0].1.clone()).unwrap();
+        assert!(detail.contains(tp) && detail.contains("123.4000001") && detail.contains("1e+300"), "{detail}");
+    }
+
+    #[test]
     fn checkpoint_restore_continue_equals_an_uninterrupted_run() {
         let settings = json!({"timeout_ms": 60_000});
         let stream: Vec<B> = (0..40)
