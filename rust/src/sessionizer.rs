@@ -942,6 +942,21 @@ mod tests {
         assert!(detail.contains(tp) && detail.contains("123.4000001") && detail.contains("1e+300"), "{detail}");
     }
 
+    /// The same stream's checkpoint and live output as written by the core before open
+    /// sessions shared their text (commit 63f2d94): the layout did not change.
+    #[test]
+    fn a_checkpoint_of_the_core_before_shared_text_restores_the_same() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rlckpt02_before_shared_text");
+        let hex = std::fs::read_to_string(format!("{dir}.hex")).unwrap();
+        let state: Vec<u8> = (0..hex.trim().len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let mut c = core(json!({}));
+        c.restore(&state).unwrap();
+        assert_eq!(c.checkpoint(), state);
+        let live = c.live();
+        assert_eq!(String::from_utf8(live[0].summary.clone()).unwrap(), std::fs::read_to_string(format!("{dir}.summary.json")).unwrap());
+        assert_eq!(String::from_utf8(live[0].detail.clone()).unwrap(), std::fs::read_to_string(format!("{dir}.detail.json")).unwrap());
+    }
+
     #[test]
     fn checkpoint_restore_continue_equals_an_uninterrupted_run() {
         let settings = json!({"timeout_ms": 60_000});
