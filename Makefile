@@ -29,11 +29,11 @@ serve: dev ## run the collector on its embedded default (127.0.0.1:8080, ./rumli
 
 test: dev ## set up everything and run every Rust and Python test
 	bash scripts/setup-test-tools.sh
-	cargo test --release --manifest-path rust/Cargo.toml
+	cargo test --release --workspace
 	$(BIN)/python -m pytest -q
 
 test-rust: ## the Rust unit and property tests only
-	cargo test --release --manifest-path rust/Cargo.toml
+	cargo test --release --workspace
 
 bench: dev ## run the benchmarks and write docs/benchmarks.md
 	$(BIN)/python loadtests/bench_core.py
