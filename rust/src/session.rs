@@ -278,7 +278,8 @@ fn some(v: f64) -> Option<f64> {
     (!v.is_nan()).then_some(v)
 }
 
-/// A resource entry as the detail writes it.
+/// A resource entry as the detail writes it, and as checkpoints hold it.
+#[derive(Serialize)]
 struct ResourceView<'a> {
     url: Option<&'a str>,
     initiator: Option<&'a str>,
@@ -310,16 +311,6 @@ struct ExtraWire<S, R> {
     resources: Vec<R>,
 }
 
-#[derive(Serialize)]
-struct ResourceRef<'a> {
-    url: Option<&'a str>,
-    initiator: Option<&'a str>,
-    start: Option<f64>,
-    dur: Option<f64>,
-    status: Option<u16>,
-    size: Option<f64>,
-}
-
 impl Serialize for Action {
     fn serialize<Z: serde::Serializer>(&self, z: Z) -> Result<Z::Ok, Z::Error> {
         let has_extra = self.key.method.is_some() || self.extra.is_some();
@@ -327,10 +318,7 @@ impl Serialize for Action {
             method: self.key.method.as_deref(),
             traceparent: self.trace().map(|t| t.text()),
             timings: self.timings().collect(),
-            resources: self
-                .resources()
-                .map(|r| ResourceRef { url: r.url, initiator: r.initiator, start: r.start, dur: r.dur, status: r.status, size: r.size })
-                .collect(),
+            resources: self.resources().collect(),
         });
         ActionWire { t: self.t, dur: self.dur, name: self.name(), url: self.url(), extra, page: self.page, status: self.status(), kind: self.kind }
             .serialize(z)
