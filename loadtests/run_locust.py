@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchdoc import replace_section  # a sibling script module
+
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "loadtests" / "locust.conf"
 DOC = REPO / "docs" / "benchmarks.md"
@@ -189,7 +191,6 @@ def write_section(summary: dict[str, Any], args: argparse.Namespace) -> None:
     """Replace the section between the load-test markers of docs/benchmarks.md."""
     users = f"{args.users} users" if args.users else "44 users (locust.conf)"
     lines = [
-        START,
         "## Load test (Locust)",
         "",
         f"`loadtests/run_locust.py --run-time {args.run_time}` (`make loadtest`): "
@@ -213,17 +214,8 @@ def write_section(summary: dict[str, Any], args: argparse.Namespace) -> None:
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; Python "
         f"{platform.python_version()}, locust {locust_version()}; "
         f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
-        "",
-        END,
     ]
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    block = "\n".join(lines)
-    if START in doc and END in doc:
-        head, rest = doc.split(START, 1)
-        doc = head + block + rest.split(END, 1)[1]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    replace_section(START, END, "\n".join(lines), DOC)
     print(f"updated {DOC.relative_to(REPO)}")
 
 
