@@ -54,3 +54,8 @@ def prepare(
 def mask_ip(ip: str) -> str | None: ...
 def parse_user_agent(ua: str) -> dict[str, Any]:
     """{"browser": {family, version}, "os": {family, version}, "device_type", "robot"}"""
+def pack_detail(detail: bytes) -> bytes:
+    """The stored form of a session's detail JSON (LZ4 behind a tag byte, or the JSON itself
+    when that is not smaller)."""
+def unpack_detail(stored: bytes) -> bytes:
+    """The detail JSON of a stored value of either form; ValueError when it is damaged."""

@@ -35,6 +35,7 @@ import orjson
 from aiohttp import web
 from multidict import MultiMapping
 
+from collector._core import unpack_detail
 from collector.appkeys import SETTINGS, STORE
 from collector.store import U64, Store, tag_prefix
 from collector.tag_hash import hash_tag
@@ -482,12 +483,13 @@ def get_session(store: Store, session_id: str) -> bytes | None:
     with store.read() as txn:
         summary = txn.get(key, db=store.dbs["sessions"])
         if summary is not None:
-            timeline = txn.get(key, db=store.dbs["details"]) or b"null"
+            stored = txn.get(key, db=store.dbs["details"])
         else:
             summary = txn.get(key, db=store.dbs["live"])
-            timeline = txn.get(key, db=store.dbs["live_details"]) or b"null"
+            stored = txn.get(key, db=store.dbs["live_details"])
         if summary is None:
             return None
+        timeline = unpack_detail(stored) if stored is not None else b"null"
         return _with_field(summary, b"timeline", timeline)
 
 

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from collector import Sessionizer, prepare
+from collector._core import unpack_detail
 from collector.query import get_session
 from collector.store import RECORDS, TICK, Store, tag_key, time_key
 from tests.conftest import REPO, StartServer
@@ -110,10 +111,14 @@ def test_map_grown_by_another_process_is_adopted(store: Store):
     assert store.write(lambda txn: store.append_records(txn, b"last")) == 42
 
 
-def closed_session(sid: str):
+def closed_session(sid: str, actions: int = 1):
     now = int(time.time() * 1000)
+    events = [{"type": "load", "name": "home", "dur": 100}]
+    url = "https://shop.example.com/api/item/"
+    events += [{"type": "xhr", "name": f"GET /api/item/{i}", "url": f"{url}{i}", "method": "GET",
+                "status": 200, "dur": 80 + i} for i in range(actions - 1)]  # fmt: skip
     body = orjson.dumps({"v": 1, "app": "shop", "sid": sid, "user": "daniel.adams@example.com",
-                         "events": [{"type": "load", "name": "home", "dur": 100}]})  # fmt: skip
+                         "events": events})  # fmt: skip
     records, verdicts, _ = prepare([(now, "10.0.0.1", "Mozilla/5.0", 0, body)])
     assert verdicts == [None]
     core = Sessionizer({"timeout_ms": 1000})
@@ -144,6 +149,36 @@ def test_closed_session_with_indexes_replaces_live_and_is_idempotent(store: Stor
         assert keys("by_app") == [tag_key("shop", session.start_ms, sid)]
         assert keys("live") == [] == keys("live_details")
         assert orjson.loads(txn.get(sid.encode(), db=store.dbs["sessions"]))["live"] is False
+
+
+def test_details_are_stored_compressed_and_read_back_exactly(store: Store):
+    live, session = closed_session("abcdefgh-2", actions=40)
+    store.write(lambda txn: store.put_live(txn, live))
+    key = session.session_id.encode()
+    with store.read() as txn:
+        stored_live = bytes(txn.get(key, db=store.dbs["live_details"]))
+    assert stored_live[0] == 0x01 and len(stored_live) * 3 < len(live[0].detail)
+    assert get_session(store, session.session_id) == _with_timeline(live[0])
+
+    store.write(lambda txn: store.put_closed(txn, session))
+    with store.read() as txn:
+        stored = bytes(txn.get(key, db=store.dbs["details"]))
+    assert stored[0] == 0x01 and len(stored) * 3 < len(session.detail)
+    assert unpack_detail(stored) == session.detail
+    assert get_session(store, session.session_id) == _with_timeline(session)
+
+    # a store written before compression keeps plain JSON: still served as it is
+    store.write(lambda txn: txn.put(key, session.detail, db=store.dbs["details"]))
+    assert get_session(store, session.session_id) == _with_timeline(session)
+
+    # a damaged value is an error, not a wrong timeline
+    for damaged in (stored[:-3], b"\x01\xff\xff\xff\x7f" + stored[5:], b"[]"):
+        with pytest.raises(ValueError):
+            unpack_detail(damaged)
+
+
+def _with_timeline(session) -> bytes:
+    return session.summary[:-1] + b',"timeline":' + session.detail + b"}"
 
 
 def test_collector_grows_its_map_under_load(start_server: StartServer):

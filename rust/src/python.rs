@@ -3,7 +3,7 @@ use crate::error::CoreError;
 use crate::session::Closed;
 use crate::sessionizer::{self, Output, Request};
 use crate::settings::Settings;
-use crate::{privacy, useragent};
+use crate::{codec, privacy, useragent};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
@@ -219,6 +219,22 @@ fn parse_user_agent<'py>(py: Python<'py>, ua: &str) -> PyResult<Bound<'py, PyDic
     Ok(d)
 }
 
+/// The stored form of a session's detail JSON (LZ4 behind a tag byte; see `codec.rs`).
+#[pyfunction]
+fn pack_detail<'py>(py: Python<'py>, detail: &[u8]) -> Bound<'py, PyBytes> {
+    let stored = py.detach(|| codec::pack(detail));
+    PyBytes::new(py, &stored)
+}
+
+/// The detail JSON of a stored value of either form; `ValueError` when it is damaged.
+#[pyfunction]
+fn unpack_detail<'py>(py: Python<'py>, stored: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    match py.detach(|| codec::unpack(stored)) {
+        Ok(json) => Ok(PyBytes::new(py, &json)),
+        Err(e) => Err(PyValueError::new_err(e.message())),
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -228,5 +244,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(prepare, m)?)?;
     m.add_function(wrap_pyfunction!(mask_ip_py, m)?)?;
     m.add_function(wrap_pyfunction!(parse_user_agent, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_detail, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_detail, m)?)?;
     Ok(())
 }
