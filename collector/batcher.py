@@ -255,7 +255,7 @@ class Batcher:
             self._store.append_records(txn, records)
 
         if records:
-            self._store.write(append)
+            self._store.write(append, durable=True)
         return verdicts
 
     def _commit_failed(self, err: Exception, requests: int) -> str:

@@ -155,16 +155,25 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_map_size = max_map_size
-        # sync=True: every commit is fdatasync'ed — "a 2xx means durable" rests on it.
+        # sync=True: a commit fdatasyncs its data pages before it writes the meta page that
+        # points at them, so a crash at any moment leaves a consistent store (LMDB's
+        # MDB_NOMETASYNC keeps ACI). The meta page itself is synced by `write(durable=True)`
+        # after the commit, outside LMDB's one-writer lock — "a 2xx means durable" rests on
+        # that — so the commit of another front or of the sessionizer runs during that sync
+        # instead of waiting for two. Other writes (sessions, checkpoints: all derived from
+        # the WAL again on replay) are made durable by the next commit's data sync.
+        self._sync = sync
         self.env = lmdb.open(
             str(path), map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=sync,
-            max_readers=512, readahead=False,
+            metasync=False, max_readers=512, readahead=False,
         )  # fmt: skip
         self.dbs = {name: self.env.open_db(name.encode()) for name in DB_NAMES}
         self._gate = _Gate()
 
     def close(self) -> None:
         with self._gate.exclusive():
+            if self._sync:
+                self.env.sync(True)  # the last commit's meta page (see `__init__`)
             self.env.close()
 
     # --- transactions -------------------------------------------------------------------
@@ -179,15 +188,20 @@ class Store:
             txn.abort()
             self._gate.release_shared()
 
-    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run `fn` in one write transaction and commit it (fsync). Blocking: call it from a
-        worker thread. When the map is full, the transaction is aborted, the map doubled and
-        `fn` run again, so `fn` must only touch the transaction it is given."""
+    def write(self, fn: Callable[[lmdb.Transaction], T], *, durable: bool = False) -> T:
+        """Run `fn` in one write transaction and commit it (its data pages fsync'ed; with
+        `durable`, its meta page too before this returns: what an acknowledgement needs).
+        Blocking: call it from a worker thread. When the map is full, the transaction is
+        aborted, the map doubled and `fn` run again, so `fn` must only touch the transaction
+        it is given."""
         while True:
             txn = self._begin(write=True)
             try:
                 result = fn(txn)
                 txn.commit()
+                if durable and self._sync:
+                    # every transaction committed before the sync starts is on disk after it
+                    self.env.sync(True)
                 return result
             except lmdb.MapFullError:
                 txn.abort()

@@ -570,6 +570,32 @@ def client_notes(rows: list[Row], args: argparse.Namespace) -> list[str]:
     ]
 
 
+def server_cpus(row: Row) -> float:
+    """CPUs the server kept busy during the run (all its processes and threads)."""
+    return row.requests_s * row.cpu_us / 1e6
+
+
+def scaling_notes(rows: list[Row]) -> list[str]:
+    """`--workers 2` against one, with the CPUs each used: on a machine of few cores shared
+    with the load generator, what a second front can add is bounded by the cores left."""
+    notes = []
+    for load in dict.fromkeys(row.load for row in rows):
+        by_name = {row.server: row for row in rows if row.load == load}
+        one, two = by_name.get("rumline --workers 1"), by_name.get("rumline --workers 2")
+        if not (one and two):
+            continue
+        left = os.cpu_count() - one.client_cpus
+        notes.append(
+            f"- {load}: 2 workers {two.requests_s / one.requests_s:.2f}× one. One worker kept "
+            f"{server_cpus(one):.2f} CPUs busy and its client {one.client_cpus:.2f}; two workers "
+            f"{server_cpus(two):.2f} + {two.client_cpus:.2f}, at {two.cpu_us:,.0f} µs of CPU a "
+            f"request instead of {one.cpu_us:,.0f}. At one worker's CPU per request, the "
+            f"{left:.2f} CPUs its client left would carry at most "
+            f"{left / server_cpus(one):.2f}× its rate."
+        )
+    return ["`--workers 2` against `--workers 1` (the same client, the same 2 cores):", "", *notes]
+
+
 def write_section(
     rows: list[Row], args: argparse.Namespace, fsync_ms: float, load: tuple[float, float]
 ) -> None:
@@ -597,16 +623,18 @@ def write_section(
         *client_notes(rows, args),
         "",
         "| server | load | requests/s | events/s | vs bare | CPU/request | events/CPU-s "
-        "| client CPU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| server CPUs | client CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         per_core = row.events_s / row.requests_s * 1e6 / row.cpu_us if row.cpu_us else 0
         lines.append(f"| {row.server} | {row.load} | {row.requests_s:,.0f} | "
                      f"{row.events_s:,.0f} | {row.requests_s / bare[row.load]:.2f}× | "
-                     f"{row.cpu_us:,.0f} µs | {per_core:,.0f} | {row.client_cpu_us:,.0f} µs "
-                     f"({row.client_cpus:.2f}) |")  # fmt: skip
+                     f"{row.cpu_us:,.0f} µs | {per_core:,.0f} | {server_cpus(row):.2f} | "
+                     f"{row.client_cpu_us:,.0f} µs ({row.client_cpus:.2f}) |")  # fmt: skip
     lines += [
+        "",
+        *scaling_notes(rows),
         "",
         "What bounds rumline here, per single beacon: aiohttp's own path costs what the bare "
         "handler costs (~40 µs); on top of it rumline's event loop spends ~25 µs (the handler, "

@@ -14,7 +14,11 @@ import pytest
 
 from collector import Sessionizer, prepare
 from collector._core import unpack_detail
+from collector.batcher import Batcher
+from collector.config import load_settings
+from collector.metrics import Metrics
 from collector.query import get_session
+from collector.readiness import Readiness
 from collector.store import RECORDS, TICK, Store, tag_key, time_key
 from tests.conftest import REPO, StartServer
 
@@ -179,6 +183,59 @@ def test_details_are_stored_compressed_and_read_back_exactly(store: Store):
 
 def _with_timeline(session) -> bytes:
     return session.summary[:-1] + b',"timeline":' + session.detail + b"}"
+
+
+class _SyncsCounted:
+    """The real environment; its `sync` calls recorded (the store's only way to make a
+    commit's meta page durable, which no test here can observe otherwise: it takes a power
+    cut, not a killed process, to lose a page the kernel holds)."""
+
+    def __init__(self, env) -> None:
+        self._env = env
+        self.syncs: list[bool] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self._env, name)
+
+    def sync(self, force: bool = False) -> None:
+        self.syncs.append(force)
+        self._env.sync(force)
+
+
+def test_a_durable_write_syncs_after_its_commit(store: Store):
+    env = store.env = _SyncsCounted(store.env)
+    seq = store.write(lambda txn: store.append_records(txn, b"a"))
+    assert env.syncs == []  # data pages only (LMDB's own fdatasync at commit)
+    assert store.write(lambda txn: store.append_records(txn, b"b"), durable=True) == seq + 1
+    assert env.syncs == [True]
+    unsynced = Store(store.path.parent / "nosync", map_size=1 << 20, sync=False)
+    try:
+        env2 = unsynced.env = _SyncsCounted(unsynced.env)
+        unsynced.write(lambda txn: unsynced.append_records(txn, b"c"), durable=True)
+        assert env2.syncs == []  # storage.sync = false: never
+    finally:
+        unsynced.close()
+
+
+async def test_group_commits_are_durable_before_their_futures_resolve(store: Store):
+    """Every batch the batcher acknowledges was synced after its commit, before the verdicts
+    came back."""
+    env = store.env = _SyncsCounted(store.env)
+    settings = load_settings(env={})
+    batcher = Batcher(store, settings, Metrics(), Readiness())
+    batcher.start()
+    body = orjson.dumps({"v": 1, "app": "shop", "sid": "abcdefgh-3", "events": []})
+    now = int(time.time() * 1000)
+    try:
+        futures = [batcher.submit(now, "10.0.0.1", "Mozilla/5.0", 0, body) for _ in range(5)]
+        synced_when_acked = []
+        for future in futures:
+            assert await future is None
+            synced_when_acked.append(len(env.syncs))
+    finally:
+        await batcher.close()
+    assert min(synced_when_acked) >= 1
+    assert store.wal_head() >= 1
 
 
 def test_collector_grows_its_map_under_load(start_server: StartServer):
