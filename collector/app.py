@@ -23,10 +23,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.log import access_logger
 
 from collector.appkeys import (
-    APP_LIMITS,
     BATCHER,
-    BODY_BUDGET,
-    IP_LIMITS,
+    INGEST,
     METRICS,
     PIPELINE,
     READINESS,
@@ -34,14 +32,13 @@ from collector.appkeys import (
     STORE,
 )
 from collector.batcher import Batcher
-from collector.bodybudget import BodyBudget
 from collector.config import Settings
 from collector.health import setup_health_routes
-from collector.metrics import Metrics, metrics_handler
+from collector.metrics import HistogramObserver, Metrics, metrics_handler
 from collector.pipeline import Pipeline
 from collector.query import setup_query_routes
-from collector.ratelimit import TokenBuckets
 from collector.readiness import Readiness
+from collector.receivers import Ingest
 from collector.receivers.boomerang import setup_boomerang_routes
 from collector.receivers.faro import setup_faro_routes
 from collector.receivers.native import setup_native_routes
@@ -64,6 +61,9 @@ class RequestTimer(AbstractAccessLogger):
     fewer beacons per second (measured with loadtests/bench_ingest.py's client)."""
 
     metrics: Metrics | None = None  # set by `_request_timer` (one class per app)
+    # The observer of each route's histogram, by aiohttp resource (the same few objects for
+    # the life of the app): one dict lookup a request.
+    observers: dict[object, HistogramObserver]
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         metrics = self.metrics
@@ -78,11 +78,15 @@ class RequestTimer(AbstractAccessLogger):
             metrics.observe_request("unparsed", time)
             return
         resource = match_info.route.resource
-        metrics.observe_request(resource.canonical if resource is not None else "unmatched", time)
+        observer = self.observers.get(resource)
+        if observer is None:
+            route = resource.canonical if resource is not None else "unmatched"
+            observer = self.observers[resource] = metrics.request_duration_observer(route)
+        observer(time)
 
 
 def _request_timer(metrics: Metrics) -> type[RequestTimer]:
-    return type("BoundRequestTimer", (RequestTimer,), {"metrics": metrics})
+    return type("BoundRequestTimer", (RequestTimer,), {"metrics": metrics, "observers": {}})
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -123,6 +127,7 @@ async def _batcher_ctx(app: web.Application) -> AsyncIterator[None]:
         on_commit=pipeline.notify if pipeline is not None else None,
     )  # fmt: skip
     app[BATCHER] = batcher
+    app[INGEST].batcher = batcher
     batcher.start()
     yield
     await batcher.close()
@@ -157,18 +162,8 @@ def create_app(settings: Settings, role: Role = "both") -> web.Application:
             app.cleanup_ctx.append(_retention_ctx)
     if role in ("both", "front"):
         app.cleanup_ctx.append(_batcher_ctx)
-        app[BODY_BUDGET] = BodyBudget(settings.max_inflight_bytes)
-        # Each of the N fronts takes 1/N of every limit: together they never let more through
-        # than configured (a client on one connection gets its front's share only).
-        fronts = settings.workers
-        if settings.rate_limit_ip > 0:
-            app[IP_LIMITS] = TokenBuckets.share(
-                settings.rate_limit_ip, settings.rate_limit_ip_burst, fronts
-            )
-        if settings.rate_limit_app > 0:
-            app[APP_LIMITS] = TokenBuckets.share(
-                settings.rate_limit_app, settings.rate_limit_app_burst, fronts
-            )
+        # The body budget and the rate limits (each front takes 1/N of every limit).
+        app[INGEST] = Ingest(settings, metrics)
         setup_health_routes(app)
         app.router.add_get("/metrics", metrics_handler, name="metrics")
         setup_query_routes(app)

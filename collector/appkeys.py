@@ -12,12 +12,11 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from collector.batcher import Batcher
-    from collector.bodybudget import BodyBudget
     from collector.config import Settings
     from collector.metrics import Metrics
     from collector.pipeline import Pipeline
-    from collector.ratelimit import TokenBuckets
     from collector.readiness import Readiness
+    from collector.receivers import Ingest
     from collector.store import Store
 
 STORE: web.AppKey[Store] = web.AppKey("store")
@@ -25,11 +24,9 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # Set only on an app that ingests (a front) / that runs the sessionizer loop.
 BATCHER: web.AppKey[Batcher] = web.AppKey("batcher")
-BODY_BUDGET: web.AppKey[BodyBudget] = web.AppKey("body_budget")
 PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline")
-# Per-client-IP token buckets of the receivers; absent when the limit is off.
-IP_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("ip_limits")
-# Per-app token buckets; absent when that limit is off.
-APP_LIMITS: web.AppKey[TokenBuckets] = web.AppKey("app_limits")
+# What the receivers use per request (settings, metrics, body budget, rate limits, batcher),
+# in one object: one lookup a request.
+INGEST: web.AppKey[Ingest] = web.AppKey("ingest")
 # Why /readyz fails right now (recovering, overloaded, draining), shared by the roles.
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")

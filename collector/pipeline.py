@@ -52,8 +52,10 @@ READ_MAX_BYTES = 256 << 10
 POLL_S = 0.01
 # After a step that found entries, the next one waits this long, so that under load each
 # `ingest` call takes the commits of many batches (fewer crossings, less contention with
-# the fronts for the CPU); sessions only become visible up to this much later.
-BUSY_STEP_S = 0.02
+# the fronts for the CPU and the GIL: a step reads the WAL, ingests and writes with a dozen
+# GIL hand-offs to and from the event loop); sessions only become visible up to this much
+# later. 20 ms → 100 ms halved the sessionizer thread's CPU and context switches a beacon.
+BUSY_STEP_S = 0.1
 # Live summaries are published at least once a second (DESIGN); building them is the core's
 # most expensive call after ingest, so not more often than that, less a step's length.
 LIVE_INTERVAL_MS = 1000 - 2 * int(BUSY_STEP_S * 1000)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collector._core import Sessionizer, prepare
 from collector.appkeys import METRICS
-from collector.metrics import VITAL_BUCKETS, Metrics, setup_metrics_route
+from collector.metrics import REQUEST_BUCKETS, VITAL_BUCKETS, Metrics, setup_metrics_route
 from tests.conftest import ServerProcess, StartServer
 
 T0 = 1_764_126_000_000
@@ -158,6 +158,24 @@ async def test_request_duration_is_labelled_by_route_pattern() -> None:
     assert value(text, count, route="/api/v1/sessions/{session_id}") == 2
     assert value(text, count, route="unmatched") == 1
     assert b"a" * 32 not in text
+
+
+def test_request_duration_observer_writes_what_observe_writes() -> None:
+    """`observe_request` bypasses prometheus-client's `Histogram.observe` (pinned version):
+    the same values, on and between the bucket bounds, give the same exposition."""
+    seconds = [0.0, 1e-6, *REQUEST_BUCKETS, *(b * 1.5 for b in REQUEST_BUCKETS), 7.0, 1e9]
+    fast, reference = Metrics(), Metrics()
+    for s in seconds:
+        fast.observe_request("/beacon", s)
+        reference.request_duration.labels("/beacon").observe(s)
+    def observed(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return {key: v for key, v in samples(metrics.exposition()[0]).items()
+                if key[0].startswith("rumline_request_duration_seconds")
+                and not key[0].endswith("_created")}  # fmt: skip
+
+    assert observed(fast) == observed(reference)
+    assert value(fast.exposition()[0], "rumline_request_duration_seconds_count",
+                 route="/beacon") == len(seconds)  # fmt: skip
 
 
 def test_multiprocess_values_are_merged(tmp_path: Path) -> None:

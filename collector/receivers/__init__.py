@@ -18,10 +18,12 @@ from collections.abc import Awaitable, Callable, Iterable
 import orjson
 from aiohttp import web
 
-from collector.appkeys import BATCHER, BODY_BUDGET, METRICS, SETTINGS
-from collector.batcher import Overloaded, StorageError
-from collector.bodybudget import HELD
+from collector.appkeys import INGEST, SETTINGS
+from collector.batcher import Batcher, Overloaded, StorageError, Verdict
+from collector.bodybudget import HELD, BodyBudget
 from collector.config import Settings
+from collector.metrics import Metrics
+from collector.ratelimit import TokenBuckets
 from collector.tag_hash import hash_user_tags
 
 # Headers a beacon may carry cross-origin (the preflight echoes what the browser asks for).
@@ -29,6 +31,34 @@ CORS_ALLOW_HEADERS = "Content-Type, Content-Encoding"
 CORS_MAX_AGE = "86400"
 # Bit 0 of a WAL record's flags (docs/sessionizer.md §1): Do-Not-Track / Global Privacy Control.
 FLAG_DNT = 1
+
+
+class Ingest:
+    """What a receiver's request needs from its app, in one object under `app[INGEST]`: one
+    lookup a request instead of one per use. Each `request.app[KEY]` is two Python calls, and
+    `.get()` or `in` on an aiohttp Application raises and catches a KeyError for an absent key
+    (the rate limits, off by default): ~1 µs each, three of them a beacon."""
+
+    __slots__ = ("settings", "metrics", "budget", "ip_limits", "app_limits", "batcher")
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.budget = BodyBudget(settings.max_inflight_bytes)
+        # Each of the N fronts takes 1/N of every limit: together they never let more through
+        # than configured (a client on one connection gets its front's share only).
+        fronts = settings.workers
+        self.ip_limits: TokenBuckets | None = None
+        if settings.rate_limit_ip > 0:
+            self.ip_limits = TokenBuckets.share(
+                settings.rate_limit_ip, settings.rate_limit_ip_burst, fronts
+            )
+        self.app_limits: TokenBuckets | None = None
+        if settings.rate_limit_app > 0:
+            self.app_limits = TokenBuckets.share(
+                settings.rate_limit_app, settings.rate_limit_app_burst, fronts
+            )
+        self.batcher: Batcher | None = None  # set by the batcher's cleanup context
 
 
 class Rejected(Exception):
@@ -97,22 +127,25 @@ def receiver_route(receiver: str) -> Callable[[RouteBody], Handler]:
     def wrap(body: RouteBody) -> Handler:
         @functools.wraps(body)
         async def handler(request: web.Request) -> web.Response:
-            recv_ms = now_ms()
-            app = request.app
-            metrics = app[METRICS]
+            recv_ms = time.time_ns() // 1_000_000
+            ingest: Ingest = request.app[INGEST]
+            metrics = ingest.metrics
             metrics.beacon_received(receiver)
+            # Set here so that `BodyBudget` and the `finally` below never look up an absent
+            # key (a KeyError raised and caught inside aiohttp's mapping: ~1 µs).
+            request[HELD] = 0
             headers: dict[str, str] = {}
             try:
                 if "Origin" in request.headers:
-                    headers = cors_headers(request, app[SETTINGS])
+                    headers = cors_headers(request, ingest.settings)
                 return await body(request, recv_ms, headers)
             except Rejected as rejected:
                 metrics.beacon_rejected(receiver, rejected.code)
                 return error_response(rejected.status, rejected.code, rejected.message,
                                       headers | rejected.headers)  # fmt: skip
             finally:
-                if HELD in request:
-                    app[BODY_BUDGET].give_back(request)
+                if request[HELD]:
+                    ingest.budget.give_back(request)
 
         return handler
 
@@ -121,11 +154,11 @@ def receiver_route(receiver: str) -> Callable[[RouteBody], Handler]:
 
 def preflight(request: web.Request, receiver: str, methods: str) -> web.Response:
     """Answer a CORS preflight (OPTIONS) for a receiver route."""
-    settings = request.app[SETTINGS]
+    ingest = request.app[INGEST]
     try:
-        headers = cors_headers(request, settings)
+        headers = cors_headers(request, ingest.settings)
     except Rejected as rejected:
-        request.app[METRICS].beacon_rejected(receiver, rejected.code)
+        ingest.metrics.beacon_rejected(receiver, rejected.code)
         return error_response(rejected.status, rejected.code, rejected.message)
     headers["Access-Control-Allow-Methods"] = methods
     headers["Access-Control-Allow-Headers"] = request.headers.get(
@@ -145,12 +178,10 @@ async def read_body(request: web.Request, max_body: int, max_decompressed: int) 
     in, so the whole body must arrive within `[ingest] body_timeout` (a slowloris is refused
     with 408 and its connection closed; other clients never wait for it).
     """
-    if request.content.is_eof():
-        # The whole body is buffered already (the common case: a beacon comes in one
-        # segment): nothing can trickle, and the timeout would cost ~5-9 µs a request
-        # (3 getpid() calls in CPython 3.11's get_running_loop, a Timeout and a timer).
-        return await _read_body(request, max_body, max_decompressed)
-    timeout_s = request.app[SETTINGS].body_timeout_ms / 1000
+    body = buffered_body(request, max_body, max_decompressed)
+    if body is not None:
+        return body
+    timeout_s = request.app[INGEST].settings.body_timeout_ms / 1000
     try:
         async with asyncio.timeout(timeout_s):
             return await _read_body(request, max_body, max_decompressed)
@@ -159,7 +190,28 @@ async def read_body(request: web.Request, max_body: int, max_decompressed: int) 
                        {"Connection": "close"}) from None  # fmt: skip
 
 
-async def _read_body(request: web.Request, max_body: int, max_decompressed: int) -> bytes:
+def buffered_body(request: web.Request, max_body: int, max_decompressed: int) -> bytes | None:
+    """`read_body` without a coroutine when the whole body is buffered already (the common
+    case: a beacon comes in one segment), else None (then await `read_body`). Nothing can
+    trickle then, so no timeout either (it cost ~5-9 µs a request: 3 getpid() calls in
+    CPython 3.11's get_running_loop, a Timeout and a timer)."""
+    content = request.content
+    if not content.is_eof():
+        return None
+    encoding, length = _check_body_head(request, max_body)
+    body = content.read_nowait()
+    if length is None:  # chunked
+        if len(body) > max_body:
+            raise Rejected(413, "too_large", f"body is over {max_body} bytes")
+        hold(request, len(body))
+    elif len(body) != length:
+        raise Rejected(400, "incomplete_body", "the body is shorter than its length")
+    return _decode_body(request, body, encoding, max_decompressed)
+
+
+def _check_body_head(request: web.Request, max_body: int) -> tuple[str | None, int | None]:
+    """The body's encoding and declared length, checked before any of it is read; holds the
+    declared length against the inflight budget."""
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None:
         encoding = encoding.strip().lower()
@@ -171,24 +223,35 @@ async def _read_body(request: web.Request, max_body: int, max_decompressed: int)
         if length > max_body:
             raise Rejected(413, "too_large", f"body of {length} bytes is over {max_body} bytes")
         hold(request, length)
-        try:  # the common case: one await for a body of known size
+    return encoding, length
+
+
+async def _read_body(request: web.Request, max_body: int, max_decompressed: int) -> bytes:
+    encoding, length = _check_body_head(request, max_body)
+    if length is not None:
+        try:  # one await for a body of known size
             body = await request.content.readexactly(length) if length else b""
         except asyncio.IncompleteReadError:
             raise Rejected(400, "incomplete_body", "the body is shorter than its length") from None
     else:
         body = await _read_chunked(request, max_body)
+    return _decode_body(request, body, encoding, max_decompressed)
+
+
+def _decode_body(request: web.Request, body: bytes, encoding: str | None,
+                 max_decompressed: int) -> bytes:  # fmt: skip
     if encoding in (None, "", "identity"):
         return body
     hold(request, max_decompressed)  # inflating may take up to this; given back below
     data = inflate(body, max_decompressed)
-    request.app[BODY_BUDGET].give_back(request, max_decompressed - len(data))
+    request.app[INGEST].budget.give_back(request, max_decompressed - len(data))
     return data
 
 
 def hold(request: web.Request, size: int) -> None:
     """Count `size` bytes of this request's body against `[ingest] max_inflight_bytes`;
     raises `Rejected` (503) when the front holds too many bodies already."""
-    if not request.app[BODY_BUDGET].take(request, size):
+    if not request.app[INGEST].budget.take(request, size):
         raise Rejected(503, "overloaded", "too many request bodies in memory; retry later",
                        {"Retry-After": "1"})  # fmt: skip
 
@@ -266,9 +329,23 @@ def now_ms() -> int:
 async def accept(request: web.Request, receiver: str, recv_ms: int, body: bytes) -> None:
     """Hand one validated-size body to the batcher and wait for its durable commit; raises
     `Rejected` with the core's verdict, or for overload / storage failure (503)."""
-    app = request.app
-    batcher = app[BATCHER]
-    settings = app[SETTINGS]
+    future = submit(request, request.app[INGEST], recv_ms, body)
+    try:
+        verdict = await future
+    except StorageError as err:
+        raise storage_rejected(err) from None
+    if verdict is not None:
+        raise Rejected(400, *verdict)
+
+
+def submit(
+    request: web.Request, ingest: Ingest, recv_ms: int, body: bytes
+) -> asyncio.Future[Verdict]:
+    """`accept` without its own coroutine (the native route awaits the future itself, one
+    coroutine frame fewer a beacon): queue the body for the next group commit and return the
+    batcher's future; raises `Rejected` at once for overload. The future's result is None
+    (durable) or the core's (reason, message) verdict; it raises `StorageError`."""
+    settings = ingest.settings
     ip = client_ip(request, settings)
     user_agent = request.headers.get("User-Agent", "")
     if not user_agent.isascii():
@@ -279,27 +356,31 @@ async def accept(request: web.Request, receiver: str, recv_ms: int, body: bytes)
             body = hash_user_tags(body, settings.user_tag_hash_key.encode())
         except ValueError as err:
             raise Rejected(400, "bad_json", str(err)) from None
+    batcher = ingest.batcher
+    assert batcher is not None, "the batcher starts before the app serves"
     try:
-        verdict = await batcher.submit(recv_ms, ip, user_agent, flags, body)
+        return batcher.submit(recv_ms, ip, user_agent, flags, body)
     except Overloaded as err:
         raise Rejected(
             503, err.reason, "the collector is busy; retry later",
             {"Retry-After": str(err.retry_after_s)},
         ) from None  # fmt: skip
-    except StorageError as err:
-        # Full storage frees up when the sessionizer trims the WAL or an operator acts.
-        retry_after = "5" if err.reason == "storage_full" else "1"
-        raise Rejected(503, err.reason, "the beacon could not be stored; retry later",
-                       {"Retry-After": retry_after}) from None  # fmt: skip
-    if verdict is not None:
-        reason, message = verdict
-        raise Rejected(400, reason, message)
+
+
+def storage_rejected(err: StorageError) -> Rejected:
+    """The 503 for a group commit that failed."""
+    # Full storage frees up when the sessionizer trims the WAL or an operator acts.
+    retry_after = "5" if err.reason == "storage_full" else "1"
+    return Rejected(503, err.reason, "the beacon could not be stored; retry later",
+                    {"Retry-After": retry_after})  # fmt: skip
 
 
 __all__ = [
+    "Ingest",
     "Rejected",
     "receiver_route",
     "accept",
+    "buffered_body",
     "check_app_origin",
     "client_flags",
     "client_ip",
@@ -308,4 +389,6 @@ __all__ = [
     "now_ms",
     "preflight",
     "read_body",
+    "storage_rejected",
+    "submit",
 ]
