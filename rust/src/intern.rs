@@ -32,9 +32,17 @@ impl TableHash for str {
 /// has doubled since it was last pruned, so it stays within twice what open sessions use.
 #[derive(Debug)]
 pub struct Table<T: ?Sized> {
-    set: HashTable<Arc<T>>,
+    set: HashTable<Entry<T>>,
     state: HashState,
     prune_at: usize,
+}
+
+#[derive(Debug)]
+struct Entry<T: ?Sized> {
+    value: Arc<T>,
+    /// The value is known to be what the sessionizer's scrubbing and truncating make of it:
+    /// text equal to it needs neither (see [`Table::find_verbatim`]).
+    verbatim: bool,
 }
 
 const MIN_PRUNE: usize = 4096;
@@ -54,17 +62,31 @@ impl<T: ?Sized + TableHash> Table<T> {
     /// The shared value whose hash is `hash` (its [`TableHash`]) and that `eq` accepts; made
     /// by `make` when there is none.
     pub fn find_or(&mut self, hash: u64, eq: impl FnMut(&Arc<T>) -> bool, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
-        if let Some(v) = self.set.find(hash, eq) {
-            return Arc::clone(v);
+        self.find_or_mark(hash, eq, make, false)
+    }
+
+    /// [`Table::find_or`], marking the value as verbatim when `verbatim` (the caller found it
+    /// unchanged by scrubbing and truncating).
+    pub fn find_or_mark(&mut self, hash: u64, mut eq: impl FnMut(&Arc<T>) -> bool, make: impl FnOnce() -> Arc<T>, verbatim: bool) -> Arc<T> {
+        if let Some(e) = self.set.find_mut(hash, |e| eq(&e.value)) {
+            e.verbatim |= verbatim;
+            return Arc::clone(&e.value);
         }
         if self.set.len() >= self.prune_at {
-            self.set.retain(|v| Arc::strong_count(v) > 1);
+            self.set.retain(|e| Arc::strong_count(&e.value) > 1);
             self.prune_at = (2 * self.set.len()).max(MIN_PRUNE);
         }
-        let v = make();
+        let value = make();
         let state = &self.state;
-        self.set.insert_unique(hash, Arc::clone(&v), |x| x.table_hash(state));
-        v
+        self.set.insert_unique(hash, Entry { value: Arc::clone(&value), verbatim }, |e| e.value.table_hash(state));
+        value
+    }
+
+    /// The shared value `eq` accepts if it is marked verbatim: then text as sent that equals it
+    /// is already scrubbed and truncated (the scrubber is the sessionizer's own and fixed, as
+    /// are the tables), and scrubbing it again, the costly part of an action, is skipped.
+    pub fn find_verbatim(&self, hash: u64, mut eq: impl FnMut(&Arc<T>) -> bool) -> Option<&Arc<T>> {
+        self.set.find(hash, |e| e.verbatim && eq(&e.value)).map(|e| &e.value)
     }
 
     pub fn len(&self) -> usize {

@@ -237,15 +237,69 @@ pub struct Shared {
     pub strings: Table<str>,
 }
 
+/// Whether `cleaned` (scrubbed, truncated) is `raw` unchanged: the same bytes, not a copy
+/// (scrubbing borrows the text when nothing matched, truncating keeps a borrowed prefix).
+fn unchanged(raw: &str, cleaned: &str) -> bool {
+    std::ptr::eq(raw.as_ptr(), cleaned.as_ptr()) && raw.len() == cleaned.len()
+}
+
 impl Shared {
-    /// The shared key of an action's name, URL and method.
+    /// The shared key of an action from its name and URL as sent (`clean` scrubs and
+    /// truncates them; the name is the URL, else the type, when absent) and its method. Text
+    /// that matches a key known to be clean is not cleaned again.
+    pub fn action_key_as_sent<'a>(
+        &mut self,
+        kind: ActionType,
+        name: Option<&'a str>,
+        url: Option<&'a str>,
+        method: Option<&str>,
+        clean: impl Fn(&'a str) -> Cow<'a, str>,
+    ) -> Arc<ActionKey> {
+        let name_as_sent = name.or(url).unwrap_or(kind.as_str());
+        let hash = action_key_hash(self.keys.state(), name_as_sent, url, method);
+        let eq = |k: &Arc<ActionKey>| &*k.name == name_as_sent && k.url.as_deref() == url && k.method.as_deref() == method;
+        if let Some(k) = self.keys.find_verbatim(hash, eq) {
+            return Arc::clone(k);
+        }
+        let clean_url = url.map(&clean);
+        let clean_name = match name {
+            Some(n) => clean(n),
+            None => clean_url.clone().unwrap_or(Cow::Borrowed(kind.as_str())),
+        };
+        // verbatim: both texts are their own cleaned form (a type's name was never cleaned)
+        let url_unchanged = url.zip(clean_url.as_ref()).is_none_or(|(u, c)| unchanged(u, c));
+        let verbatim = url_unchanged && name.map_or(url.is_some(), |n| unchanged(n, &clean_name));
+        let hash = if verbatim { hash } else { action_key_hash(self.keys.state(), &clean_name, clean_url.as_deref(), method) };
+        self.action_key_marked(hash, &clean_name, clean_url.as_deref(), method, verbatim)
+    }
+
+    /// The shared key of an action's name, URL and method (cleaned).
     fn action_key(&mut self, name: &str, url: Option<&str>, method: Option<&str>) -> Arc<ActionKey> {
         let hash = action_key_hash(self.keys.state(), name, url, method);
-        self.keys.find_or(
+        self.action_key_marked(hash, name, url, method, false)
+    }
+
+    fn action_key_marked(&mut self, hash: u64, name: &str, url: Option<&str>, method: Option<&str>, verbatim: bool) -> Arc<ActionKey> {
+        self.keys.find_or_mark(
             hash,
             |k| &*k.name == name && k.url.as_deref() == url && k.method.as_deref() == method,
             || Arc::new(ActionKey { name: name.into(), url: url.map(Into::into), method: method.map(Into::into) }),
+            verbatim,
         )
+    }
+
+    /// A page URL as sent, scrubbed and truncated by `clean`, unless it matches a shared
+    /// string known to be clean.
+    pub fn page_as_sent<'a>(&mut self, url: &'a str, clean: impl FnOnce(&'a str) -> Cow<'a, str>) -> Cow<'a, str> {
+        let hash = url.table_hash(self.strings.state());
+        if self.strings.find_verbatim(hash, |v| &**v == url).is_some() {
+            return Cow::Borrowed(url);
+        }
+        let cleaned = clean(url);
+        if unchanged(url, &cleaned) {
+            self.strings.find_or_mark(hash, |v| &**v == url, || Arc::from(url), true);
+        }
+        cleaned
     }
 
     /// The shared shape of an action's timings and resources.
@@ -276,9 +330,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct ActionIn<'a, K> {
     pub kind: ActionType,
-    pub name: &'a str,
-    pub url: Option<&'a str>,
-    pub method: Option<&'a str>,
+    /// its name, URL and method, shared
+    pub key: Arc<ActionKey>,
     pub dur: f64,
     pub status: Option<u16>,
     /// valid or ignored
@@ -345,9 +398,7 @@ impl Action {
             .collect();
         let input = ActionIn {
             kind: e.kind,
-            name: &e.name,
-            url: e.url.as_deref(),
-            method: e.method.as_deref(),
+            key: shared.action_key(&e.name, e.url.as_deref(), e.method.as_deref()),
             dur: e.dur,
             status: e.status,
             traceparent: e.traceparent.as_deref(),
@@ -371,8 +422,7 @@ impl Action {
             let (numbers, wide) = Numbers::encode(&numbers);
             Box::new(ActionExtra { shape: shared.shape(e.timings, e.resources), numbers, trace, wide })
         });
-        let key = shared.action_key(e.name, e.url, e.method);
-        Action { t, dur: e.dur, key, extra, page, status: e.status.unwrap_or(NO_STATUS), kind: e.kind }
+        Action { t, dur: e.dur, key: Arc::clone(&e.key), extra, page, status: e.status.unwrap_or(NO_STATUS), kind: e.kind }
     }
 
     /// The same action with its text shared through `shared` (after a restore).

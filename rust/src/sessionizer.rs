@@ -188,7 +188,8 @@ impl Sessionizer {
                     *out.dropped.entry(why.code()).or_default() += u64::from(n);
                 }
             }
-            let page_url = b.page_url.as_ref().map(|u| clean(u.as_ref(), limits::URL, &self.scrubber));
+            let scrub = &self.scrubber;
+            let page_url = b.page_url.as_ref().map(|u| self.shared.page_as_sent(u.as_ref(), |u| clean(u, limits::URL, scrub)));
             out.beacons += 1;
             out.events += b.events.len() as u64;
             let ctx = BeaconCtx {
@@ -299,11 +300,13 @@ impl Sessionizer {
             match &ev.body {
                 ParsedBody::Action { kind, name, url, method, dur, status, traceparent, timings, resources } => {
                     let scrub = &self.scrubber;
-                    let url = url.as_ref().map(|u| clean(u.as_ref(), limits::URL, scrub));
-                    let name = match name {
-                        Some(n) => clean(n.as_ref(), limits::URL, scrub),
-                        None => url.clone().unwrap_or(Cow::Borrowed(kind.as_str())),
-                    };
+                    let key = self.shared.action_key_as_sent(
+                        *kind,
+                        name.as_ref().map(AsRef::as_ref),
+                        url.as_ref().map(AsRef::as_ref),
+                        method.as_ref().map(AsRef::as_ref),
+                        |text| clean(text, limits::URL, scrub),
+                    );
                     let resources: Vec<ResourceIn> = resources
                         .iter()
                         .map(|r| ResourceIn {
@@ -317,9 +320,7 @@ impl Sessionizer {
                         .collect();
                     let action = ActionIn {
                         kind: *kind,
-                        name: &name,
-                        url: url.as_deref(),
-                        method: method.as_ref().map(AsRef::as_ref),
+                        key,
                         dur: *dur,
                         status: *status,
                         traceparent: traceparent.as_ref().map(AsRef::as_ref),
