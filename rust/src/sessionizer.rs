@@ -10,7 +10,9 @@ use crate::wire::{self, ParsedBeacon, ParsedBody, ParsedEvent};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::cmp::Reverse;
+use hashbrown::HashTable;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::BuildHasher;
 
 /// What one `ingest` or `flush` call produced.
 #[derive(Debug, Default)]
@@ -34,9 +36,7 @@ struct Tombstone {
 pub struct Sessionizer {
     settings: Settings,
     scrubber: Scrubber,
-    /// Boxed: a beacon takes its session out of the map and puts it back, a pointer moved
-    /// instead of the whole session.
-    open: HashMap<String, Box<Session>>,
+    open: OpenSessions,
     tombstones: HashMap<String, Tombstone>,
     /// The key of the beacon being applied, reused (no allocation per beacon).
     key_buf: String,
@@ -121,7 +121,7 @@ impl Sessionizer {
         Ok(Sessionizer {
             settings,
             scrubber,
-            open: HashMap::new(),
+            open: OpenSessions::default(),
             tombstones: HashMap::new(),
             key_buf: String::new(),
             ua_cache,
@@ -247,7 +247,8 @@ impl Sessionizer {
         key.push_str(ctx.sid);
         let timeout = self.settings.timeout_ms as i64;
         let max_duration = self.settings.max_duration_ms as i64;
-        let (key, mut current) = match self.open.remove_entry(key.as_str()) {
+        let (hash, found) = self.open.take(&key);
+        let (key, mut current) = match found {
             Some((owned, s)) => {
                 self.key_buf = key; // kept for the next beacon
                 if ctx.recv - s.last_recv >= timeout {
@@ -358,7 +359,7 @@ impl Sessionizer {
                 s.queued = deadline(&self.settings, &s);
                 self.due.push(Reverse((s.queued, key.clone())));
             }
-            self.open.insert(key, s);
+            self.open.put(hash, key, s);
         }
         self.enforce_open_limit(out);
         self.compact_queues();
@@ -464,7 +465,7 @@ impl Sessionizer {
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             let ua = {
-                let s = &self.open[&k];
+                let s = self.open.get_mut(&k).expect("key listed above");
                 self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""))
             };
             let s = self.open.get_mut(&k).expect("key listed above");
@@ -506,12 +507,90 @@ impl Sessionizer {
             .collect();
         self.tombstones = state.tombstones.into_iter().collect();
         self.due.clear();
-        for (key, s) in &mut self.open {
+        for (key, s) in self.open.iter_mut() {
             s.queued = deadline(&self.settings, s);
             self.due.push(Reverse((s.queued, key.clone())));
         }
         self.expiring = self.tombstones.iter().map(|(key, t)| Reverse((t.last_recv, key.clone()))).collect();
         Ok(())
+    }
+}
+
+/// The open sessions by key (`app` + newline + `sid`). A hash table that keeps each key's hash:
+/// a beacon hashes its key once to take its session out and put it back, and growing the
+/// table hashes nothing again. The hash is std's `SipHash` with a random key: session ids come
+/// from clients, who must not be able to choose ids that collide. Sessions are boxed: a
+/// beacon moves a pointer out and back, not the whole session.
+#[derive(Default)]
+struct OpenSessions {
+    table: HashTable<OpenEntry>,
+    state: std::hash::RandomState,
+}
+
+struct OpenEntry {
+    hash: u64,
+    key: String,
+    session: Box<Session>,
+}
+
+impl OpenSessions {
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        self.state.hash_one(key)
+    }
+
+    /// The key's hash, and its entry taken out of the table when there is one.
+    fn take(&mut self, key: &str) -> (u64, Option<(String, Box<Session>)>) {
+        let hash = self.hash(key);
+        let found = match self.table.find_entry(hash, |e| e.key == key) {
+            Ok(entry) => {
+                let (e, _) = entry.remove();
+                Some((e.key, e.session))
+            }
+            Err(_) => None,
+        };
+        (hash, found)
+    }
+
+    /// Puts a session taken out by [`OpenSessions::take`] (or a new one) back, `hash` being
+    /// its key's.
+    fn put(&mut self, hash: u64, key: String, session: Box<Session>) {
+        self.table.insert_unique(hash, OpenEntry { hash, key, session }, |e| e.hash);
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Box<Session>> {
+        self.take(key).1.map(|(_, s)| s)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Box<Session>> {
+        let hash = self.hash(key);
+        self.table.find_mut(hash, |e| e.key == key).map(|e| &mut e.session)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Box<Session>)> {
+        self.table.iter().map(|e| (&e.key, &e.session))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Box<Session>)> {
+        self.table.iter_mut().map(|e| (&e.key, &mut e.session))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Box<Session>> {
+        self.table.iter().map(|e| &e.session)
+    }
+}
+
+impl FromIterator<(String, Box<Session>)> for OpenSessions {
+    fn from_iter<I: IntoIterator<Item = (String, Box<Session>)>>(iter: I) -> Self {
+        let mut open = OpenSessions::default();
+        for (key, session) in iter {
+            let (hash, _) = open.take(&key); // a later session of the same key wins, as in a map
+            open.put(hash, key, session);
+        }
+        open
     }
 }
 
