@@ -357,7 +357,7 @@ fn cut(s: &str, max_chars: usize) -> usize {
     s.char_indices().nth(max_chars).map_or(s.len(), |(i, _)| i)
 }
 
-fn truncate_cow(s: Cow<'_, str>, max_chars: usize) -> Cow<'_, str> {
+pub(crate) fn truncate_cow(s: Cow<'_, str>, max_chars: usize) -> Cow<'_, str> {
     let end = cut(&s, max_chars);
     match s {
         Cow::Borrowed(b) => Cow::Borrowed(&b[..end]),

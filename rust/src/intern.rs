@@ -2,47 +2,91 @@
 //! of its timings and its resources' URLs, vital names), stored once per sessionizer and
 //! shared by reference: open sessions are what fills a collector's memory, and most of their
 //! text is the same few hundred strings.
-use std::collections::HashSet;
-use std::hash::Hash;
+//!
+//! A value is looked up by a borrowed form of it (`&str`, or an action's fields as the record
+//! holds them): nothing is allocated for a value the table has already.
+use hashbrown::HashTable;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+
+/// The tables' hash: foldhash, seeded at random per table (`RandomState`), not `SipHash`. The
+/// values come from clients (action names, URLs), so the hash must stay keyed: with a random
+/// seed an attacker cannot compute colliding values offline (the denial of service that matters
+/// here; foldhash says it is minimally resistant to it); `SipHash`-1-3 was a tenth of ingest's
+/// instructions. The open-session map, keyed by client session ids, keeps `SipHash`.
+pub type HashState = foldhash::fast::RandomState;
+
+/// How a table hashes a value; the borrowed forms that find it hash the same fields the same
+/// way (see [`Table::find_or`]).
+pub trait TableHash {
+    fn table_hash(&self, state: &HashState) -> u64;
+}
+
+impl TableHash for str {
+    fn table_hash(&self, state: &HashState) -> u64 {
+        state.hash_one(self)
+    }
+}
 
 /// One table of shared values. Values no session holds any more are dropped when the table
 /// has doubled since it was last pruned, so it stays within twice what open sessions use.
 #[derive(Debug)]
 pub struct Table<T: ?Sized> {
-    set: HashSet<Arc<T>>,
+    set: HashTable<Entry<T>>,
+    state: HashState,
     prune_at: usize,
+}
+
+#[derive(Debug)]
+struct Entry<T: ?Sized> {
+    value: Arc<T>,
+    /// The value is known to be what the sessionizer's scrubbing and truncating make of it:
+    /// text equal to it needs neither (see [`Table::find_verbatim`]).
+    verbatim: bool,
 }
 
 const MIN_PRUNE: usize = 4096;
 
-impl<T: ?Sized + Eq + Hash> Default for Table<T> {
+impl<T: ?Sized> Default for Table<T> {
     fn default() -> Self {
-        Table { set: HashSet::new(), prune_at: MIN_PRUNE }
+        Table { set: HashTable::new(), state: HashState::default(), prune_at: MIN_PRUNE }
     }
 }
 
-impl<T: ?Sized + Eq + Hash> Table<T> {
-    /// The shared copy of `value`, made from `make` when there is none.
-    pub fn get_or(&mut self, value: &T, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
-        match self.set.get(value) {
-            Some(v) => Arc::clone(v),
-            None => self.insert(make()),
+impl<T: ?Sized + TableHash> Table<T> {
+    /// The state to hash a borrowed form with, for [`Table::find_or`].
+    pub fn state(&self) -> &HashState {
+        &self.state
+    }
+
+    /// The shared value whose hash is `hash` (its [`TableHash`]) and that `eq` accepts; made
+    /// by `make` when there is none.
+    pub fn find_or(&mut self, hash: u64, eq: impl FnMut(&Arc<T>) -> bool, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
+        self.find_or_mark(hash, eq, make, false)
+    }
+
+    /// [`Table::find_or`], marking the value as verbatim when `verbatim` (the caller found it
+    /// unchanged by scrubbing and truncating).
+    pub fn find_or_mark(&mut self, hash: u64, mut eq: impl FnMut(&Arc<T>) -> bool, make: impl FnOnce() -> Arc<T>, verbatim: bool) -> Arc<T> {
+        if let Some(e) = self.set.find_mut(hash, |e| eq(&e.value)) {
+            e.verbatim |= verbatim;
+            return Arc::clone(&e.value);
         }
-    }
-
-    /// The shared copy of `value` (an `Arc` made elsewhere, after a restore).
-    pub fn share(&mut self, value: &Arc<T>) -> Arc<T> {
-        self.get_or(value, || Arc::clone(value))
-    }
-
-    fn insert(&mut self, v: Arc<T>) -> Arc<T> {
         if self.set.len() >= self.prune_at {
-            self.set.retain(|v| Arc::strong_count(v) > 1);
+            self.set.retain(|e| Arc::strong_count(&e.value) > 1);
             self.prune_at = (2 * self.set.len()).max(MIN_PRUNE);
         }
-        self.set.insert(Arc::clone(&v));
-        v
+        let value = make();
+        let state = &self.state;
+        self.set.insert_unique(hash, Entry { value: Arc::clone(&value), verbatim }, |e| e.value.table_hash(state));
+        value
+    }
+
+    /// The shared value `eq` accepts if it is marked verbatim: then text as sent that equals it
+    /// is already scrubbed and truncated (the scrubber is the sessionizer's own and fixed, as
+    /// are the tables), and scrubbing it again, the costly part of an action, is skipped.
+    pub fn find_verbatim(&self, hash: u64, mut eq: impl FnMut(&Arc<T>) -> bool) -> Option<&Arc<T>> {
+        self.set.find(hash, |e| e.verbatim && eq(&e.value)).map(|e| &e.value)
     }
 
     pub fn len(&self) -> usize {
@@ -54,20 +98,27 @@ impl<T: ?Sized + Eq + Hash> Table<T> {
     }
 }
 
-impl Table<str> {
-    pub fn str(&mut self, s: &str) -> Arc<str> {
-        self.get_or(s, || Arc::from(s))
+impl<T: ?Sized + TableHash + Eq> Table<T> {
+    /// The shared copy of `value` (an `Arc` made elsewhere, after a restore).
+    pub fn share(&mut self, value: &Arc<T>) -> Arc<T> {
+        let hash = value.table_hash(&self.state);
+        self.find_or(hash, |v| **v == **value, || Arc::clone(value))
     }
 }
 
-impl<T: Eq + Hash> Table<T> {
-    /// The shared copy of an owned value (moved in when it is new).
-    pub fn owned(&mut self, value: T) -> Arc<T> {
-        match self.set.get(&value) {
-            Some(v) => Arc::clone(v),
-            None => self.insert(Arc::new(value)),
-        }
+impl Table<str> {
+    pub fn str(&mut self, s: &str) -> Arc<str> {
+        let hash = s.table_hash(&self.state);
+        self.find_or(hash, |v| &**v == s, || Arc::from(s))
     }
+}
+
+/// Hashes the fields of a value one after the other (a value and its borrowed forms write
+/// the same fields, as the same types, in the same order, so they hash alike).
+pub fn hash_fields(state: &HashState, write: impl FnOnce(&mut <HashState as BuildHasher>::Hasher)) -> u64 {
+    let mut h = state.build_hasher();
+    write(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -85,5 +136,7 @@ mod tests {
         }
         assert!(t.len() <= MIN_PRUNE + 2, "{}", t.len());
         assert!(Arc::ptr_eq(&a, &t.str("https://shop.example.com/")));
+        let c: Arc<str> = Arc::from("https://shop.example.com/");
+        assert!(Arc::ptr_eq(&a, &t.share(&c)));
     }
 }

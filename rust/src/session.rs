@@ -1,14 +1,16 @@
 //! One user session: what it accumulates from beacons and how it is finalized (docs §5–§7).
 use crate::apdex::{self, ApdexCategory, ApdexCounts, Thresholds};
 use crate::beacon::{ActionEvent, ActionType, ErrorKind, Resource};
-use crate::intern::Table;
+use crate::intern::{hash_fields, HashState, Table, TableHash};
 use crate::settings::Settings;
 use crate::json::JsonWriter;
 use crate::useragent::UserAgent;
 use crate::ux::{self, UxScore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// Why a session was closed.
@@ -64,6 +66,45 @@ pub struct ExtraShape {
 /// A resource's (url, initiator).
 pub type ResourceKey = (Option<Box<str>>, Option<Box<str>>);
 
+/// The hash of an action key from its fields (`ActionKey` and the fields an event brings).
+fn action_key_hash(state: &HashState, name: &str, url: Option<&str>, method: Option<&str>) -> u64 {
+    hash_fields(state, |h| {
+        name.hash(h);
+        url.hash(h);
+        method.hash(h);
+    })
+}
+
+impl TableHash for ActionKey {
+    fn table_hash(&self, state: &HashState) -> u64 {
+        action_key_hash(state, &self.name, self.url.as_deref(), self.method.as_deref())
+    }
+}
+
+/// The hash of a shape from its timing keys and its resources' (url, initiator).
+fn shape_hash<'a>(
+    state: &HashState,
+    timing_keys: impl ExactSizeIterator<Item = &'a str>,
+    resources: impl ExactSizeIterator<Item = (Option<&'a str>, Option<&'a str>)>,
+) -> u64 {
+    hash_fields(state, |h| {
+        h.write_usize(timing_keys.len());
+        for k in timing_keys {
+            k.hash(h);
+        }
+        h.write_usize(resources.len());
+        for r in resources {
+            r.hash(h);
+        }
+    })
+}
+
+impl TableHash for ExtraShape {
+    fn table_hash(&self, state: &HashState) -> u64 {
+        shape_hash(state, self.timing_keys.iter().map(|k| &**k), self.resources.iter().map(|(u, i)| (u.as_deref(), i.as_deref())))
+    }
+}
+
 /// A traceparent (`00-{trace id}-{parent id}-{flags}`, validated at parse time) as its 25
 /// bytes instead of 55 characters; all zeros (an invalid trace id) when there is none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -78,8 +119,9 @@ impl TraceParent {
         let b = s.as_bytes();
         let nibble = |c: u8| if c.is_ascii_digit() { c - b'0' } else { c - b'a' + 10 };
         let mut out = [0u8; 25];
-        let hex = b[3..35].iter().chain(&b[36..52]).chain(&b[53..55]).copied().collect::<Vec<u8>>();
-        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        // the hex digits of the trace id, the parent id and the flags, without the dashes
+        let hex = b[3..35].chunks_exact(2).chain(b[36..52].chunks_exact(2)).chain(b[53..55].chunks_exact(2));
+        for (o, pair) in out.iter_mut().zip(hex) {
             *o = nibble(pair[0]) << 4 | nibble(pair[1]);
         }
         Some(TraceParent(out))
@@ -195,6 +237,120 @@ pub struct Shared {
     pub strings: Table<str>,
 }
 
+/// Whether `cleaned` (scrubbed, truncated) is `raw` unchanged: the same bytes, not a copy
+/// (scrubbing borrows the text when nothing matched, truncating keeps a borrowed prefix).
+fn unchanged(raw: &str, cleaned: &str) -> bool {
+    std::ptr::eq(raw.as_ptr(), cleaned.as_ptr()) && raw.len() == cleaned.len()
+}
+
+impl Shared {
+    /// The shared key of an action from its name and URL as sent (`clean` scrubs and
+    /// truncates them; the name is the URL, else the type, when absent) and its method. Text
+    /// that matches a key known to be clean is not cleaned again.
+    pub fn action_key_as_sent<'a>(
+        &mut self,
+        kind: ActionType,
+        name: Option<&'a str>,
+        url: Option<&'a str>,
+        method: Option<&str>,
+        clean: impl Fn(&'a str) -> Cow<'a, str>,
+    ) -> Arc<ActionKey> {
+        let name_as_sent = name.or(url).unwrap_or(kind.as_str());
+        let hash = action_key_hash(self.keys.state(), name_as_sent, url, method);
+        let eq = |k: &Arc<ActionKey>| &*k.name == name_as_sent && k.url.as_deref() == url && k.method.as_deref() == method;
+        if let Some(k) = self.keys.find_verbatim(hash, eq) {
+            return Arc::clone(k);
+        }
+        let clean_url = url.map(&clean);
+        let clean_name = match name {
+            Some(n) => clean(n),
+            None => clean_url.clone().unwrap_or(Cow::Borrowed(kind.as_str())),
+        };
+        // verbatim: both texts are their own cleaned form (a type's name was never cleaned)
+        let url_unchanged = url.zip(clean_url.as_ref()).is_none_or(|(u, c)| unchanged(u, c));
+        let verbatim = url_unchanged && name.map_or(url.is_some(), |n| unchanged(n, &clean_name));
+        let hash = if verbatim { hash } else { action_key_hash(self.keys.state(), &clean_name, clean_url.as_deref(), method) };
+        self.action_key_marked(hash, &clean_name, clean_url.as_deref(), method, verbatim)
+    }
+
+    /// The shared key of an action's name, URL and method (cleaned).
+    fn action_key(&mut self, name: &str, url: Option<&str>, method: Option<&str>) -> Arc<ActionKey> {
+        let hash = action_key_hash(self.keys.state(), name, url, method);
+        self.action_key_marked(hash, name, url, method, false)
+    }
+
+    fn action_key_marked(&mut self, hash: u64, name: &str, url: Option<&str>, method: Option<&str>, verbatim: bool) -> Arc<ActionKey> {
+        self.keys.find_or_mark(
+            hash,
+            |k| &*k.name == name && k.url.as_deref() == url && k.method.as_deref() == method,
+            || Arc::new(ActionKey { name: name.into(), url: url.map(Into::into), method: method.map(Into::into) }),
+            verbatim,
+        )
+    }
+
+    /// A page URL as sent, scrubbed and truncated by `clean`, unless it matches a shared
+    /// string known to be clean.
+    pub fn page_as_sent<'a>(&mut self, url: &'a str, clean: impl FnOnce(&'a str) -> Cow<'a, str>) -> Cow<'a, str> {
+        let hash = url.table_hash(self.strings.state());
+        if self.strings.find_verbatim(hash, |v| &**v == url).is_some() {
+            return Cow::Borrowed(url);
+        }
+        let cleaned = clean(url);
+        if unchanged(url, &cleaned) {
+            self.strings.find_or_mark(hash, |v| &**v == url, || Arc::from(url), true);
+        }
+        cleaned
+    }
+
+    /// The shared shape of an action's timings and resources.
+    fn shape<K: AsRef<str>>(&mut self, timings: &[(K, f64)], resources: &[ResourceIn]) -> Arc<ExtraShape> {
+        let keys = || timings.iter().map(|(k, _)| k.as_ref());
+        let res = || resources.iter().map(|r| (r.url.as_deref(), r.initiator));
+        let hash = shape_hash(self.shapes.state(), keys(), res());
+        self.shapes.find_or(
+            hash,
+            |x| {
+                x.timing_keys.len() == timings.len()
+                    && x.resources.len() == resources.len()
+                    && x.timing_keys.iter().zip(keys()).all(|(a, b)| **a == *b)
+                    && x.resources.iter().zip(resources).all(|((u, i), r)| u.as_deref() == r.url.as_deref() && i.as_deref() == r.initiator)
+            },
+            || {
+                Arc::new(ExtraShape {
+                    timing_keys: keys().map(Into::into).collect(),
+                    resources: res().map(|(u, i)| (u.map(Into::into), i.map(Into::into))).collect(),
+                })
+            },
+        )
+    }
+}
+
+/// An action's fields as an event brings them, borrowed (from a WAL record, or from an owned
+/// event), its text finished (scrubbed, truncated).
+#[derive(Debug)]
+pub struct ActionIn<'a, K> {
+    pub kind: ActionType,
+    /// its name, URL and method, shared
+    pub key: Arc<ActionKey>,
+    pub dur: f64,
+    pub status: Option<u16>,
+    /// valid or ignored
+    pub traceparent: Option<&'a str>,
+    pub timings: &'a [(K, f64)],
+    pub resources: &'a [ResourceIn<'a>],
+}
+
+/// A resource entry of an [`ActionIn`].
+#[derive(Debug)]
+pub struct ResourceIn<'a> {
+    pub url: Option<Cow<'a, str>>,
+    pub initiator: Option<&'a str>,
+    pub start: Option<f64>,
+    pub dur: Option<f64>,
+    pub status: Option<u16>,
+    pub size: Option<f64>,
+}
+
 impl Action {
     pub fn name(&self) -> &str {
         &self.key.name
@@ -233,32 +389,40 @@ impl Action {
         })
     }
 
-    /// Makes the action of an event, its text shared through `shared`.
+    /// Makes the action of an owned event (a checkpoint's), its text shared through `shared`.
     pub fn new(e: ActionEvent, page: u32, t: i64, shared: &mut Shared) -> Action {
-        let trace = e.traceparent.as_deref().and_then(TraceParent::parse).unwrap_or_default();
+        let resources: Vec<ResourceIn> = e
+            .resources
+            .iter()
+            .map(|r| ResourceIn { url: r.url.as_deref().map(Cow::Borrowed), initiator: r.initiator.as_deref(), start: r.start, dur: r.dur, status: r.status, size: r.size })
+            .collect();
+        let input = ActionIn {
+            kind: e.kind,
+            key: shared.action_key(&e.name, e.url.as_deref(), e.method.as_deref()),
+            dur: e.dur,
+            status: e.status,
+            traceparent: e.traceparent.as_deref(),
+            timings: &e.timings,
+            resources: &resources,
+        };
+        Action::from_input(&input, page, t, shared)
+    }
+
+    /// Makes the action of an event's fields, its text shared through `shared`: text the
+    /// tables have already is not copied.
+    pub fn from_input<K: AsRef<str>>(e: &ActionIn<K>, page: u32, t: i64, shared: &mut Shared) -> Action {
+        let trace = e.traceparent.and_then(TraceParent::parse).unwrap_or_default();
         let has_extra = trace.is_some() || !e.timings.is_empty() || !e.resources.is_empty();
         let extra = has_extra.then(|| {
             let mut numbers = Vec::with_capacity(e.timings.len() + 4 * e.resources.len());
-            let mut timing_keys = Vec::with_capacity(e.timings.len());
-            for (k, v) in e.timings {
-                timing_keys.push(k.into_boxed_str());
-                numbers.push(v);
-            }
-            let mut resources = Vec::with_capacity(e.resources.len());
+            numbers.extend(e.timings.iter().map(|(_, v)| *v));
             for r in e.resources {
-                resources.push((r.url.map(String::into_boxed_str), r.initiator.map(String::into_boxed_str)));
                 numbers.extend([none_nan(r.start), none_nan(r.dur), none_nan(r.status.map(f64::from)), none_nan(r.size)]);
             }
-            let shape = ExtraShape { timing_keys: timing_keys.into_boxed_slice(), resources: resources.into_boxed_slice() };
             let (numbers, wide) = Numbers::encode(&numbers);
-            Box::new(ActionExtra { shape: shared.shapes.owned(shape), numbers, trace, wide })
+            Box::new(ActionExtra { shape: shared.shape(e.timings, e.resources), numbers, trace, wide })
         });
-        let key = ActionKey {
-            name: e.name.into_boxed_str(),
-            url: e.url.map(String::into_boxed_str),
-            method: e.method.map(String::into_boxed_str),
-        };
-        Action { t, dur: e.dur, key: shared.keys.owned(key), extra, page, status: e.status.unwrap_or(NO_STATUS), kind: e.kind }
+        Action { t, dur: e.dur, key: Arc::clone(&e.key), extra, page, status: e.status.unwrap_or(NO_STATUS), kind: e.kind }
     }
 
     /// The same action with its text shared through `shared` (after a restore).
@@ -487,16 +651,18 @@ impl Session {
         }
     }
 
-    pub fn set_property(&mut self, key: String, value: String) {
+    pub fn set_property(&mut self, key: &str, value: &str) {
         if let Some(slot) = self.properties.iter_mut().find(|(k, _)| *k == key) {
-            slot.1 = value;
+            if slot.1 != value {
+                value.clone_into(&mut slot.1);
+            }
         } else if self.properties.len() < MAX_PROPERTIES {
-            self.properties.push((key, value));
+            self.properties.push((key.to_owned(), value.to_owned()));
         }
     }
 
     /// Adds an action received with the beacon's page URL, its text shared through `shared`.
-    pub fn push_action(&mut self, e: ActionEvent, page: Option<&str>, t: i64, shared: &mut Shared) {
+    pub fn push_action<K: AsRef<str>>(&mut self, e: &ActionIn<K>, page: Option<&str>, t: i64, shared: &mut Shared) {
         let page = match page {
             None => 0,
             Some(p) => {
@@ -512,7 +678,15 @@ impl Session {
             // grow by a quarter, not double: open sessions are what fills a collector's memory
             self.actions.reserve_exact((self.actions.len() / 4).max(2));
         }
-        self.actions.push(Action::new(e, page, t, shared));
+        self.actions.push(Action::from_input(e, page, t, shared));
+    }
+
+    /// Room for the `n` actions a beacon brings, in one step: grown by a quarter (not doubled:
+    /// open sessions are what fills a collector's memory), or by `n` when that is more.
+    pub fn reserve_actions(&mut self, n: usize) {
+        if self.actions.capacity() - self.actions.len() < n {
+            self.actions.reserve_exact(n.max(self.actions.len() / 4).max(2));
+        }
     }
 
     /// Adds a vital, its name shared through `shared`.

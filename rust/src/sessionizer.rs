@@ -1,15 +1,18 @@
 //! Open sessions keyed by (app, client sid) and the closing rules (docs §4–§5).
-use crate::beacon::{self, Beacon, Event, EventBody, Rejection};
+use crate::beacon::{self, limits, Rejection};
 use crate::error::CoreError;
 use crate::privacy::{self, Scrubber};
 use crate::record::{self, Record};
-use crate::session::{Closed, EndReason, ErrorRec, RageRec, Session, SessionMetrics, Shared, NOT_QUEUED};
+use crate::session::{ActionIn, Closed, EndReason, ErrorRec, RageRec, ResourceIn, Session, SessionMetrics, Shared, NOT_QUEUED};
 use crate::settings::Settings;
 use crate::useragent::UaCache;
-use crate::wire::{self, ParsedBeacon};
+use crate::wire::{self, ParsedBeacon, ParsedBody, ParsedEvent};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::cmp::Reverse;
+use hashbrown::HashTable;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::BuildHasher;
 
 /// What one `ingest` or `flush` call produced.
 #[derive(Debug, Default)]
@@ -33,8 +36,10 @@ struct Tombstone {
 pub struct Sessionizer {
     settings: Settings,
     scrubber: Scrubber,
-    open: HashMap<String, Session>,
+    open: OpenSessions,
     tombstones: HashMap<String, Tombstone>,
+    /// The key of the beacon being applied, reused (no allocation per beacon).
+    key_buf: String,
     ua_cache: UaCache,
     /// Text that repeats across open sessions, stored once.
     shared: Shared,
@@ -71,13 +76,41 @@ fn key_of(app: &str, sid: &str) -> String {
     k
 }
 
-/// Per-beacon context applied to every part the beacon touches.
+/// Per-beacon context applied to every part the beacon touches: the record's fields and the
+/// beacon's, borrowed from the record.
 struct BeaconCtx<'a> {
     recv: i64,
     dnt: bool,
-    ip: Option<&'a str>,
+    /// the record's IP as stored (masked again when a session takes it, see [`BeaconCtx::ip`])
+    ip: &'a str,
+    mask_ip: bool,
     user_agent: &'a str,
-    beacon: &'a Beacon,
+    app: &'a str,
+    sid: &'a str,
+    vid: Option<&'a str>,
+    sent: Option<f64>,
+    user: Option<&'a str>,
+    /// scrubbed and truncated
+    page_url: Option<&'a str>,
+    screen: Option<&'a str>,
+    synthetic: bool,
+}
+
+impl BeaconCtx<'_> {
+    /// The IP a session keeps: computed only when a session takes it (its first beacon).
+    fn ip(&self) -> Option<String> {
+        if self.mask_ip {
+            privacy::mask_ip(self.ip)
+        } else {
+            Some(self.ip.to_owned()).filter(|s| !s.is_empty())
+        }
+    }
+}
+
+/// Scrubbed, then truncated (docs §9: text is scrubbed before it is truncated); borrowed from
+/// the record when neither changed it.
+fn clean<'a>(s: &'a str, max: usize, scrub: &Scrubber) -> Cow<'a, str> {
+    beacon::truncate_cow(scrub.scrub(s), max)
 }
 
 impl Sessionizer {
@@ -88,8 +121,9 @@ impl Sessionizer {
         Ok(Sessionizer {
             settings,
             scrubber,
-            open: HashMap::new(),
+            open: OpenSessions::default(),
             tombstones: HashMap::new(),
+            key_buf: String::new(),
             ua_cache,
             shared: Shared::default(),
             due: BinaryHeap::new(),
@@ -146,39 +180,51 @@ impl Sessionizer {
         }
     }
 
-    fn apply_beacons<S: AsRef<str> + Into<String>>(&mut self, rec: &Record, beacons: Vec<ParsedBeacon<S>>, out: &mut Output) {
-        let ip = if self.settings.mask_ip { privacy::mask_ip(rec.ip) } else { Some(rec.ip.to_owned()).filter(|s| !s.is_empty()) };
+    fn apply_beacons<S: AsRef<str>>(&mut self, rec: &Record, beacons: Vec<ParsedBeacon<S>>, out: &mut Output) {
         let recv = rec.recv_ms as i64;
-        for parsed in beacons {
-            for (why, n) in parsed.dropped() {
+        for b in &beacons {
+            for (why, n) in b.dropped() {
                 if n > 0 {
                     *out.dropped.entry(why.code()).or_default() += u64::from(n);
                 }
             }
-            let mut b = parsed.into_beacon(&self.scrubber);
+            let scrub = &self.scrubber;
+            let page_url = b.page_url.as_ref().map(|u| self.shared.page_as_sent(u.as_ref(), |u| clean(u, limits::URL, scrub)));
             out.beacons += 1;
             out.events += b.events.len() as u64;
-            let events = std::mem::take(&mut b.events);
-            let ctx = BeaconCtx { recv, dnt: rec.dnt(), ip: ip.as_deref(), user_agent: rec.user_agent, beacon: &b };
-            self.apply(&ctx, events, out);
+            let ctx = BeaconCtx {
+                recv,
+                dnt: rec.dnt(),
+                ip: rec.ip,
+                mask_ip: self.settings.mask_ip,
+                user_agent: rec.user_agent,
+                app: b.app.as_ref(),
+                sid: b.sid.as_ref(),
+                vid: b.vid.as_ref().map(AsRef::as_ref),
+                sent: b.sent,
+                user: b.user.as_ref().map(AsRef::as_ref),
+                page_url: page_url.as_deref(),
+                screen: b.screen.as_ref().map(AsRef::as_ref),
+                synthetic: b.synthetic,
+            };
+            self.apply(&ctx, &b.events, out);
         }
     }
 
     /// A new session for `key` at `recv` (the next part when a tombstone is recent).
-    fn new_session(&mut self, key: &str, ctx: &BeaconCtx) -> Session {
-        let b = ctx.beacon;
+    fn new_session(&mut self, key: &str, ctx: &BeaconCtx) -> Box<Session> {
         let part = match self.tombstones.get(key) {
             Some(t) if ctx.recv - t.last_recv < self.settings.timeout_ms as i64 => t.part + 1,
             _ => 1,
         };
-        let mut s = Session::new(&b.app, &b.sid, part, ctx.recv);
+        let mut s = Box::new(Session::new(ctx.app, ctx.sid, part, ctx.recv));
         apply_beacon_fields(&mut s, ctx, &mut self.shared);
         s
     }
 
     /// Closes a session taken out of the open map: leaves its tombstone, emits it. `id` is the
     /// session's id when the caller has it already.
-    fn finish(&mut self, key: &str, s: Session, id: Option<String>, reason: EndReason, out: &mut Output) {
+    fn finish(&mut self, key: &str, s: Box<Session>, id: Option<String>, reason: EndReason, out: &mut Output) {
         if let Some(t) = self.tombstones.get_mut(key) {
             *t = Tombstone { part: s.part, last_recv: s.last_recv };
         } else {
@@ -193,32 +239,38 @@ impl Sessionizer {
 
     /// Applies one beacon. The session is taken out of the map for the beacon's events (one
     /// lookup in, one out) and put back when it is still open.
-    fn apply(&mut self, ctx: &BeaconCtx, events: Vec<Event>, out: &mut Output) {
-        let b = ctx.beacon;
-        let key = key_of(&b.app, &b.sid);
+    fn apply<S: AsRef<str>>(&mut self, ctx: &BeaconCtx, events: &[ParsedEvent<S>], out: &mut Output) {
+        let mut key = std::mem::take(&mut self.key_buf);
+        key.clear();
+        key.push_str(ctx.app);
+        key.push('\n');
+        key.push_str(ctx.sid);
         let timeout = self.settings.timeout_ms as i64;
         let max_duration = self.settings.max_duration_ms as i64;
-        let mut current = match self.open.remove(&key) {
-            Some(s) if ctx.recv - s.last_recv >= timeout => {
-                self.finish(&key, s, None, EndReason::Timeout, out);
-                None
+        let (hash, found) = self.open.take(&key);
+        let (key, mut current) = match found {
+            Some((owned, s)) => {
+                self.key_buf = key; // kept for the next beacon
+                if ctx.recv - s.last_recv >= timeout {
+                    self.finish(&owned, s, None, EndReason::Timeout, out);
+                    (owned, None)
+                } else if ctx.recv - s.first_recv >= max_duration {
+                    self.finish(&owned, s, None, EndReason::DurationLimit, out);
+                    (owned, None)
+                } else {
+                    let mut s = s;
+                    s.last_recv = s.last_recv.max(ctx.recv);
+                    apply_beacon_fields(&mut s, ctx, &mut self.shared);
+                    (owned, Some(s))
+                }
             }
-            Some(s) if ctx.recv - s.first_recv >= max_duration => {
-                self.finish(&key, s, None, EndReason::DurationLimit, out);
-                None
-            }
-            Some(mut s) => {
-                s.last_recv = s.last_recv.max(ctx.recv);
-                apply_beacon_fields(&mut s, ctx, &mut self.shared);
-                Some(s)
-            }
-            None => None,
+            None => (key, None),
         };
         if current.is_none() {
             current = Some(self.new_session(&key, ctx));
         }
 
-        let offset = match b.sent {
+        let offset = match ctx.sent {
             Some(sent) => ctx.recv as f64 - sent,
             None => events.iter().filter_map(|e| e.start).reduce(f64::max).map_or(0.0, |m| ctx.recv as f64 - m),
         };
@@ -230,6 +282,10 @@ impl Sessionizer {
             }
         };
         let max_actions = self.settings.max_actions as usize;
+        if let Some(s) = &mut current {
+            let actions = events.iter().filter(|e| matches!(e.body, ParsedBody::Action { .. })).count();
+            s.reserve_actions(actions.min(max_actions.saturating_sub(s.actions.len())));
+        }
         for ev in events {
             let t = time_of(ev.start);
             // a previous `end` closed this key: the following events open the next part
@@ -237,24 +293,61 @@ impl Sessionizer {
                 Some(s) => s,
                 None => self.new_session(&key, ctx),
             };
-            if matches!(ev.body, EventBody::Action(_)) && s.actions.len() >= max_actions {
+            if matches!(ev.body, ParsedBody::Action { .. }) && s.actions.len() >= max_actions {
                 self.finish(&key, s, None, EndReason::ActionLimit, out);
                 s = self.new_session(&key, ctx);
             }
             s.dirty = true;
-            match ev.body {
-                EventBody::Action(a) => s.push_action(a, b.page_url.as_deref(), t, &mut self.shared),
-                EventBody::Error { kind, message, stack } => s.errors.push(ErrorRec { kind, message, stack, t }),
-                EventBody::Vital { name, value } => s.push_vital(&name, value, t, &mut self.shared),
-                EventBody::RageClick { target, count } => s.rage.push(RageRec { target, count, t }),
-                EventBody::Identify(tag) => {
+            match &ev.body {
+                ParsedBody::Action { kind, name, url, method, dur, status, traceparent, timings, resources } => {
+                    let scrub = &self.scrubber;
+                    let key = self.shared.action_key_as_sent(
+                        *kind,
+                        name.as_ref().map(AsRef::as_ref),
+                        url.as_ref().map(AsRef::as_ref),
+                        method.as_ref().map(AsRef::as_ref),
+                        |text| clean(text, limits::URL, scrub),
+                    );
+                    let resources: Vec<ResourceIn> = resources
+                        .iter()
+                        .map(|r| ResourceIn {
+                            url: r.url.as_ref().map(|u| clean(u.as_ref(), limits::URL, scrub)),
+                            initiator: r.initiator.as_ref().map(AsRef::as_ref),
+                            start: r.start,
+                            dur: r.dur,
+                            status: r.status,
+                            size: r.size,
+                        })
+                        .collect();
+                    let action = ActionIn {
+                        kind: *kind,
+                        key,
+                        dur: *dur,
+                        status: *status,
+                        traceparent: traceparent.as_ref().map(AsRef::as_ref),
+                        timings,
+                        resources: &resources,
+                    };
+                    s.push_action(&action, ctx.page_url, t, &mut self.shared);
+                }
+                ParsedBody::Error { kind, message, stack } => s.errors.push(ErrorRec {
+                    kind: *kind,
+                    message: message.as_ref().map(|m| clean(m.as_ref(), limits::MESSAGE, &self.scrubber).into_owned()),
+                    stack: stack.as_ref().map(|m| m.as_ref().to_owned()),
+                    t,
+                }),
+                ParsedBody::Vital { name, value } => s.push_vital(name.as_ref(), *value, t, &mut self.shared),
+                ParsedBody::RageClick { target, count } => {
+                    s.rage.push(RageRec { target: target.as_ref().map(|m| m.as_ref().to_owned()), count: *count, t });
+                }
+                ParsedBody::Identify(tag) => {
                     if !ctx.dnt {
-                        s.identify(&tag, ctx.recv);
+                        s.identify(tag.as_ref(), ctx.recv);
                     }
                 }
-                EventBody::Property(k, v) => s.set_property(k, v),
-                EventBody::End(reason) => {
-                    s.end = Some((reason, t));
+                ParsedBody::Property(k, v) => s.set_property(k.as_ref(), v.as_ref()),
+                ParsedBody::End(reason) => {
+                    s.end = Some((reason.as_ref().map(|r| r.as_ref().to_owned()), t));
                     self.finish(&key, s, None, EndReason::EndEvent, out);
                     continue;
                 }
@@ -266,7 +359,7 @@ impl Sessionizer {
                 s.queued = deadline(&self.settings, &s);
                 self.due.push(Reverse((s.queued, key.clone())));
             }
-            self.open.insert(key, s);
+            self.open.put(hash, key, s);
         }
         self.enforce_open_limit(out);
         self.compact_queues();
@@ -372,7 +465,7 @@ impl Sessionizer {
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             let ua = {
-                let s = &self.open[&k];
+                let s = self.open.get_mut(&k).expect("key listed above");
                 self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""))
             };
             let s = self.open.get_mut(&k).expect("key listed above");
@@ -385,7 +478,7 @@ impl Sessionizer {
 
     /// Serializes every open session and tombstone.
     pub fn checkpoint(&self) -> Vec<u8> {
-        let mut sessions: Vec<&Session> = self.open.values().collect();
+        let mut sessions: Vec<&Session> = self.open.values().map(|s| &**s).collect();
         sessions.sort_by(|a, b| (&a.app, &a.sid).cmp(&(&b.app, &b.sid)));
         let mut tombstones: Vec<(&str, Tombstone)> = self.tombstones.iter().map(|(k, t)| (k.as_str(), *t)).collect();
         tombstones.sort_by(|a, b| a.0.cmp(b.0));
@@ -409,17 +502,95 @@ impl Sessionizer {
             .map(|mut s| {
                 s.dirty = true;
                 s.share(&mut self.shared);
-                (key_of(&s.app, &s.sid), s)
+                (key_of(&s.app, &s.sid), Box::new(s))
             })
             .collect();
         self.tombstones = state.tombstones.into_iter().collect();
         self.due.clear();
-        for (key, s) in &mut self.open {
+        for (key, s) in self.open.iter_mut() {
             s.queued = deadline(&self.settings, s);
             self.due.push(Reverse((s.queued, key.clone())));
         }
         self.expiring = self.tombstones.iter().map(|(key, t)| Reverse((t.last_recv, key.clone()))).collect();
         Ok(())
+    }
+}
+
+/// The open sessions by key (`app` + newline + `sid`). A hash table that keeps each key's hash:
+/// a beacon hashes its key once to take its session out and put it back, and growing the
+/// table hashes nothing again. The hash is std's `SipHash` with a random key: session ids come
+/// from clients, who must not be able to choose ids that collide. Sessions are boxed: a
+/// beacon moves a pointer out and back, not the whole session.
+#[derive(Default)]
+struct OpenSessions {
+    table: HashTable<OpenEntry>,
+    state: std::hash::RandomState,
+}
+
+struct OpenEntry {
+    hash: u64,
+    key: String,
+    session: Box<Session>,
+}
+
+impl OpenSessions {
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        self.state.hash_one(key)
+    }
+
+    /// The key's hash, and its entry taken out of the table when there is one.
+    fn take(&mut self, key: &str) -> (u64, Option<(String, Box<Session>)>) {
+        let hash = self.hash(key);
+        let found = match self.table.find_entry(hash, |e| e.key == key) {
+            Ok(entry) => {
+                let (e, _) = entry.remove();
+                Some((e.key, e.session))
+            }
+            Err(_) => None,
+        };
+        (hash, found)
+    }
+
+    /// Puts a session taken out by [`OpenSessions::take`] (or a new one) back, `hash` being
+    /// its key's.
+    fn put(&mut self, hash: u64, key: String, session: Box<Session>) {
+        self.table.insert_unique(hash, OpenEntry { hash, key, session }, |e| e.hash);
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Box<Session>> {
+        self.take(key).1.map(|(_, s)| s)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Box<Session>> {
+        let hash = self.hash(key);
+        self.table.find_mut(hash, |e| e.key == key).map(|e| &mut e.session)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &Box<Session>)> {
+        self.table.iter().map(|e| (&e.key, &e.session))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&String, &mut Box<Session>)> {
+        self.table.iter_mut().map(|e| (&e.key, &mut e.session))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Box<Session>> {
+        self.table.iter().map(|e| &e.session)
+    }
+}
+
+impl FromIterator<(String, Box<Session>)> for OpenSessions {
+    fn from_iter<I: IntoIterator<Item = (String, Box<Session>)>>(iter: I) -> Self {
+        let mut open = OpenSessions::default();
+        for (key, session) in iter {
+            let (hash, _) = open.take(&key); // a later session of the same key wins, as in a map
+            open.put(hash, key, session);
+        }
+        open
     }
 }
 
@@ -430,26 +601,25 @@ fn deadline(settings: &Settings, s: &Session) -> i64 {
 }
 
 fn apply_beacon_fields(s: &mut Session, ctx: &BeaconCtx, shared: &mut Shared) {
-    let b = ctx.beacon;
     s.dirty = true;
-    if let Some(user) = b.user.as_deref().filter(|_| !ctx.dnt) {
+    if let Some(user) = ctx.user.filter(|_| !ctx.dnt) {
         s.identify(user, ctx.recv);
     }
-    if let Some(vid) = &b.vid {
-        if s.visitor_id.as_ref() != Some(vid) {
-            s.visitor_id = Some(vid.clone());
+    if let Some(vid) = ctx.vid {
+        if s.visitor_id.as_deref() != Some(vid) {
+            s.visitor_id = Some(vid.to_owned());
         }
     }
     if s.screen.is_none() {
-        s.screen.clone_from(&b.screen);
+        s.screen = ctx.screen.map(str::to_owned);
     }
     if s.ip.is_none() {
-        s.ip = ctx.ip.map(str::to_owned);
+        s.ip = ctx.ip();
     }
     if s.user_agent.is_none() && !ctx.user_agent.is_empty() {
         s.user_agent = Some(shared.strings.str(ctx.user_agent));
     }
-    s.synthetic |= b.synthetic;
+    s.synthetic |= ctx.synthetic;
 }
 
 /// Validates requests for the WAL (docs §2): the framed records of the accepted ones, one

@@ -156,12 +156,14 @@ fn clean(s: &str, max: usize, scrub: &Scrubber) -> String {
     truncate(&scrub.scrub(s), max)
 }
 
-impl<S: AsRef<str> + Into<String>> ParsedBeacon<S> {
+impl<S> ParsedBeacon<S> {
     /// The events that were dropped, by reason, as counts.
     pub fn dropped(&self) -> [(Drop, u32); 2] {
         [(Drop::BadEvent, self.bad_events), (Drop::UnknownType, self.unknown_events)]
     }
+}
 
+impl<S: AsRef<str> + Into<String>> ParsedBeacon<S> {
     /// The beacon the sessionizer applies: the settings-dependent steps done.
     pub fn into_beacon(self, scrub: &Scrubber) -> Beacon {
         let events = self
