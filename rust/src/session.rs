@@ -664,11 +664,11 @@ impl Session {
         w.key("duration_ms");
         w.int(end - start);
         w.key("end_reason");
-        w.opt_str(end_reason.map(EndReason::as_str));
+        w.opt_name(end_reason.map(EndReason::as_str));
         w.key("live");
         w.bool(end_reason.is_none());
         w.key("ux_score");
-        w.opt_str(ux_score.map(UxScore::as_str));
+        w.opt_name(ux_score.map(UxScore::as_str));
         w.key("apdex");
         w.opt_float(counts.score());
         w.key("apdex_counts");
@@ -709,7 +709,7 @@ impl Session {
             w.key("value");
             w.float(*value);
             w.key("rating");
-            w.opt_str(*rating);
+            w.opt_name(*rating);
             w.end_object();
         }
         w.end_object();
@@ -730,7 +730,7 @@ impl Session {
             w.end_object();
         }
         w.key("device_type");
-        w.str(ua.device_type);
+        w.name(ua.device_type);
         w.key("screen");
         w.opt_str(self.screen.as_deref());
         w.key("ip");
@@ -738,7 +738,7 @@ impl Session {
         w.key("country");
         w.null();
         w.key("user_type");
-        w.str(user_type);
+        w.name(user_type);
         w.key("properties");
         write_properties(&mut w, &properties);
         w.end_object();
@@ -756,7 +756,7 @@ impl Session {
             w.key("index");
             w.uint(pos);
             w.key("type");
-            w.str(a.kind.as_str());
+            w.name(a.kind.as_str());
             w.key("name");
             w.str(a.name());
             w.key("url");
@@ -770,7 +770,7 @@ impl Session {
             w.key("duration");
             w.float(a.dur);
             w.key("apdex");
-            w.str(categories[pos].as_str());
+            w.name(categories[pos].as_str());
             w.key("status");
             w.opt_int(a.status());
             w.key("traceparent");
@@ -806,7 +806,7 @@ impl Session {
             w.element();
             w.begin_object();
             w.key("kind");
-            w.str(e.kind.as_str());
+            w.name(e.kind.as_str());
             w.key("message");
             w.opt_str(e.message.as_deref());
             w.key("stack");
@@ -831,7 +831,7 @@ impl Session {
             w.key("value");
             w.float(v.value);
             w.key("rating");
-            w.opt_str(apdex::vital_rating(&v.name, v.value));
+            w.opt_name(apdex::vital_rating(&v.name, v.value));
             w.key("start");
             w.int(v.t);
             w.end_object();
