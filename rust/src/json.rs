@@ -4,8 +4,9 @@
 //! Why not `serde_json::to_vec` of `Serialize` structs: it escapes every key and every string
 //! byte by byte through a table, which was a third of the cost of finalizing a session. Here a
 //! key is written as one pre-escaped literal, and a string is copied whole when a word-at-a-time
-//! check finds nothing to escape (the common case); numbers, and strings that need escaping,
-//! still go through `serde_json`, so the bytes are the same.
+//! check finds nothing to escape (the common case); integers and whole floats are written with
+//! `itoa` (as `serde_json` does); other floats, and strings that need escaping, still go
+//! through `serde_json`, so the bytes are the same.
 use serde::Serializer as _;
 
 pub struct JsonWriter {
@@ -17,28 +18,44 @@ pub struct JsonWriter {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Whether any of the 8 bytes is a control character, `"` or `\` (exact as a whole).
-fn word_needs_escape(w: u64) -> bool {
+/// The escape bits of a word (the high bit of each byte that is a control character, `"`
+/// or `\`), exact when OR-ed over words.
+#[inline]
+fn escape_bits(w: u64) -> u64 {
     let control = w.wrapping_sub(ONES * 0x20) & !w;
     let q = w ^ (ONES * u64::from(b'"'));
     let quote = q.wrapping_sub(ONES) & !q;
     let b = w ^ (ONES * u64::from(b'\\'));
     let backslash = b.wrapping_sub(ONES) & !b;
-    (control | quote | backslash) & HIGH != 0
+    (control | quote | backslash) & HIGH
 }
 
+fn word_at(s: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"))
+}
+
+/// Whether `s` has a byte that JSON escapes. Words of 8 bytes, the last one overlapping the
+/// one before (no copy of a remainder); shorter strings as two overlapping halves or bytes.
+#[inline]
 fn needs_escape(s: &[u8]) -> bool {
-    let mut words = s.chunks_exact(8);
-    for w in &mut words {
-        if word_needs_escape(u64::from_le_bytes(w.try_into().expect("8 bytes"))) {
-            return true;
+    let n = s.len();
+    if n >= 8 {
+        let mut bits = 0;
+        let mut i = 0;
+        while i + 8 <= n {
+            bits |= escape_bits(word_at(s, i));
+            i += 8;
         }
+        if i < n {
+            bits |= escape_bits(word_at(s, n - 8));
+        }
+        bits != 0
+    } else if n >= 4 {
+        let half = |i: usize| u64::from(u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes")));
+        escape_bits(half(0) | half(n - 4) << 32) != 0
+    } else {
+        s.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\')
     }
-    // the last bytes as one more word, padded with a letter (which needs no escaping)
-    let rest = words.remainder();
-    let mut last = [b'a'; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    word_needs_escape(u64::from_le_bytes(last))
 }
 
 impl JsonWriter {
@@ -108,9 +125,10 @@ impl JsonWriter {
         self.first = true;
     }
 
+    #[inline]
     fn write_str(&mut self, s: &str) {
         if needs_escape(s.as_bytes()) {
-            serde_json::Serializer::new(&mut self.buf).serialize_str(s).expect("writing to a Vec");
+            self.write_escaped(s);
         } else {
             self.buf.reserve(s.len() + 2);
             self.buf.push(b'"');
@@ -119,9 +137,33 @@ impl JsonWriter {
         }
     }
 
+    #[cold]
+    fn write_escaped(&mut self, s: &str) {
+        serde_json::Serializer::new(&mut self.buf).serialize_str(s).expect("writing to a Vec");
+    }
+
+    /// A string of the format itself (an enum's name): nothing to escape, so no check.
+    #[allow(clippy::inline_always)] // see `key`
+    #[inline(always)]
+    pub fn name(&mut self, s: &'static str) {
+        debug_assert!(!needs_escape(s.as_bytes()));
+        self.buf.reserve(s.len() + 2);
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.push(b'"');
+        self.first = false;
+    }
+
     pub fn str(&mut self, s: &str) {
         self.write_str(s);
         self.first = false;
+    }
+
+    pub fn opt_name(&mut self, s: Option<&'static str>) {
+        match s {
+            Some(s) => self.name(s),
+            None => self.null(),
+        }
     }
 
     pub fn opt_str(&mut self, s: Option<&str>) {
@@ -142,12 +184,12 @@ impl JsonWriter {
     }
 
     pub fn int(&mut self, n: impl Into<i64>) {
-        serde_json::Serializer::new(&mut self.buf).serialize_i64(n.into()).expect("writing to a Vec");
+        self.buf.extend_from_slice(itoa::Buffer::new().format(n.into()).as_bytes());
         self.first = false;
     }
 
     pub fn uint(&mut self, n: usize) {
-        serde_json::Serializer::new(&mut self.buf).serialize_u64(n as u64).expect("writing to a Vec");
+        self.buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         self.first = false;
     }
 
@@ -161,7 +203,16 @@ impl JsonWriter {
     /// As `serde_json`: the shortest representation that reads back the same, `null` when not
     /// finite.
     pub fn float(&mut self, f: f64) {
-        serde_json::Serializer::new(&mut self.buf).serialize_f64(f).expect("writing to a Vec");
+        // Whole numbers (durations, timings, sizes: nearly all) as the integer and ".0", which
+        // is what serde_json writes for them below 1e15 (from 1e16 it writes "1e+16").
+        // (`trunc` is a libm call on baseline x86-64; the conversion is one instruction)
+        let n = f as i64;
+        if n as f64 == f && f.abs() < 1e15 && !(n == 0 && f.is_sign_negative()) {
+            self.buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            self.buf.extend_from_slice(b".0");
+        } else {
+            serde_json::Serializer::new(&mut self.buf).serialize_f64(f).expect("writing to a Vec");
+        }
         self.first = false;
     }
 
@@ -211,6 +262,13 @@ mod tests {
             prop_assert_eq!(written(|w| w.str(&s)), serde_json::to_string(&s).unwrap());
             prop_assert_eq!(written(|w| w.float(f)), serde_json::to_string(&f).unwrap());
             prop_assert_eq!(written(|w| w.int(n)), serde_json::to_string(&n).unwrap());
+        }
+
+        #[test]
+        fn whole_and_nearly_whole_floats_are_what_serde_json_writes(n in -2_000_000_000_000_000i64..2_000_000_000_000_000, e in -20i32..20, d in -3i32..3) {
+            for f in [n as f64, (n as f64) * 10f64.powi(e), n as f64 + f64::from(d) * 0.25, f64::from(d) * 1e15, -0.0, 0.0] {
+                prop_assert_eq!(written(|w| w.float(f)), serde_json::to_string(&f).unwrap());
+            }
         }
 
         #[test]

@@ -133,15 +133,22 @@ impl TraceParent {
 
     /// The 55-character text form.
     pub fn text(&self) -> String {
+        String::from_utf8(self.ascii().to_vec()).expect("ASCII")
+    }
+
+    /// The 55-character text form, on the stack (the detail writer's, no allocation).
+    fn ascii(&self) -> [u8; 55] {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(55);
-        out.push_str("00");
+        let mut out = [b'-'; 55];
+        out[..2].copy_from_slice(b"00");
+        let mut at = 2;
         for (i, b) in self.0.iter().enumerate() {
             if i == 0 || i == 16 || i == 24 {
-                out.push('-');
+                at += 1; // the '-'
             }
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
+            out[at] = HEX[usize::from(b >> 4)];
+            out[at + 1] = HEX[usize::from(b & 15)];
+            at += 2;
         }
         out
     }
@@ -603,7 +610,11 @@ pub fn session_id(app: &str, sid: &str, part: u32, first_recv: i64) -> String {
     h.update(app.as_bytes());
     h.update(b"\n");
     h.update(sid.as_bytes());
-    h.update(format!("\n{part}\n{first_recv}").as_bytes());
+    // "\n{part}\n{first_recv}" without `format!` (an allocation and the formatting machinery)
+    h.update(b"\n");
+    h.update(itoa::Buffer::new().format(part).as_bytes());
+    h.update(b"\n");
+    h.update(itoa::Buffer::new().format(first_recv).as_bytes());
     let digest = h.finalize();
     let mut out = String::with_capacity(32);
     for b in &digest[..16] {
@@ -736,32 +747,33 @@ impl Session {
         end_reason: Option<EndReason>,
         metrics: Option<&mut SessionMetrics>,
     ) -> Closed {
-        // actions by (t, arrival): a stable sort keeps arrival order among equal times
+        // actions by (t, arrival); arrival breaks ties, so an unstable sort (no scratch
+        // allocation) gives the order of a stable sort by t
         let mut order: Vec<usize> = (0..self.actions.len()).collect();
-        order.sort_by_key(|&i| self.actions[i].t);
+        if !self.actions.windows(2).all(|w| w[0].t <= w[1].t) {
+            order.sort_unstable_by_key(|&i| (self.actions[i].t, i));
+        }
 
         let error_action: Vec<Option<usize>> = self.errors.iter().map(|e| attach(&self.actions, &order, e.t)).collect();
-        let mut action_errors = vec![0u32; self.actions.len()];
-        let mut action_failed = vec![false; self.actions.len()];
+        // per position in `order`: its errors and its Apdex category
+        let mut rated = vec![Rated { errors: 0, failed: false, category: ApdexCategory::Satisfied }; self.actions.len()];
         for (e, pos) in self.errors.iter().zip(&error_action) {
             if let Some(pos) = *pos {
-                action_errors[pos] += 1;
+                rated[pos].errors += 1;
                 if matches!(e.kind, ErrorKind::Js | ErrorKind::Request) {
-                    action_failed[pos] = true;
+                    rated[pos].failed = true;
                 }
             }
         }
         let mut counts = ApdexCounts::default();
-        let mut categories = Vec::with_capacity(order.len());
-        for (pos, &i) in order.iter().enumerate() {
+        for (r, &i) in rated.iter_mut().zip(&order) {
             let a = &self.actions[i];
-            let failed = action_failed[pos] || (a.kind == ActionType::Xhr && a.status().is_some_and(|s| s >= 400));
-            let c = apdex::rate(a.dur, failed, self.thresholds(settings, a));
-            counts.add(c);
-            categories.push(c);
+            let failed = r.failed || (a.kind == ActionType::Xhr && a.status().is_some_and(|s| s >= 400));
+            r.category = apdex::rate(a.dur, failed, self.thresholds(settings, a));
+            counts.add(r.category);
         }
         let ux_score = end_reason.map(|_| {
-            ux::score(&settings.ux_rules(), &counts, categories.last().copied(), self.errors.len() as u32, self.rage.len() as u32)
+            ux::score(&settings.ux_rules(), &counts, rated.last().map(|r| r.category), self.errors.len() as u32, self.rage.len() as u32)
         });
 
         let times = self
@@ -784,14 +796,16 @@ impl Session {
         let entry_page = order.first().and_then(|&i| page_of(i));
         let exit_page = order.last().and_then(|&i| page_of(i));
 
-        let mut vitals: BTreeMap<&str, (f64, Option<&'static str>)> = BTreeMap::new();
+        // per name the largest value, by name (a session has few names: a Vec, not a map)
+        let mut vitals: Vec<(&str, f64)> = Vec::new();
         for v in &self.vitals {
-            let slot = vitals.entry(&v.name).or_insert((v.value, None));
-            if v.value > slot.0 {
-                slot.0 = v.value;
+            match vitals.iter_mut().find(|(name, _)| *name == &*v.name) {
+                Some(slot) if v.value > slot.1 => slot.1 = v.value,
+                Some(_) => {}
+                None => vitals.push((&v.name, v.value)),
             }
-            slot.1 = apdex::vital_rating(&v.name, slot.0);
         }
+        vitals.sort_unstable_by_key(|(name, _)| *name);
         let mut action_names: Vec<&str> = Vec::new();
         for &i in &order {
             let n = self.actions[i].name();
@@ -838,11 +852,11 @@ impl Session {
         w.key("duration_ms");
         w.int(end - start);
         w.key("end_reason");
-        w.opt_str(end_reason.map(EndReason::as_str));
+        w.opt_name(end_reason.map(EndReason::as_str));
         w.key("live");
         w.bool(end_reason.is_none());
         w.key("ux_score");
-        w.opt_str(ux_score.map(UxScore::as_str));
+        w.opt_name(ux_score.map(UxScore::as_str));
         w.key("apdex");
         w.opt_float(counts.score());
         w.key("apdex_counts");
@@ -877,13 +891,13 @@ impl Session {
         w.uint(self.rage.len());
         w.key("vitals");
         w.begin_object();
-        for (name, (value, rating)) in &vitals {
+        for &(name, value) in &vitals {
             w.key_str(name);
             w.begin_object();
             w.key("value");
-            w.float(*value);
+            w.float(value);
             w.key("rating");
-            w.opt_str(*rating);
+            w.opt_name(apdex::vital_rating(name, value));
             w.end_object();
         }
         w.end_object();
@@ -904,7 +918,7 @@ impl Session {
             w.end_object();
         }
         w.key("device_type");
-        w.str(ua.device_type);
+        w.name(ua.device_type);
         w.key("screen");
         w.opt_str(self.screen.as_deref());
         w.key("ip");
@@ -912,25 +926,27 @@ impl Session {
         w.key("country");
         w.null();
         w.key("user_type");
-        w.str(user_type);
+        w.name(user_type);
         w.key("properties");
         write_properties(&mut w, &properties);
         w.end_object();
         let summary = w.into_bytes();
 
         let mut w = JsonWriter::with_capacity(detail_capacity(self));
+        let mut timings: Vec<(&str, f64)> = Vec::new();
         w.begin_object();
         w.key("actions");
         w.begin_array();
         for (pos, &i) in order.iter().enumerate() {
             let a = &self.actions[i];
-            let trace = a.trace().map(|t| t.text());
+            let trace = a.trace().map(|t| t.ascii());
+            let trace = trace.as_ref().map(|t| std::str::from_utf8(t).expect("ASCII"));
             w.element();
             w.begin_object();
             w.key("index");
             w.uint(pos);
             w.key("type");
-            w.str(a.kind.as_str());
+            w.name(a.kind.as_str());
             w.key("name");
             w.str(a.name());
             w.key("url");
@@ -944,21 +960,26 @@ impl Session {
             w.key("duration");
             w.float(a.dur);
             w.key("apdex");
-            w.str(categories[pos].as_str());
+            w.name(rated[pos].category.as_str());
             w.key("status");
             w.opt_int(a.status());
             w.key("traceparent");
-            w.opt_str(trace.as_deref());
+            w.opt_str(trace);
             w.key("trace_id");
-            w.opt_str(trace.as_deref().map(|t| &t[3..35]));
+            w.opt_str(trace.map(|t| &t[3..35]));
             w.key("timings");
             w.begin_object();
             if a.extra.as_ref().is_some_and(|x| !x.shape.timing_keys.is_empty()) {
-                // truncated keys may repeat: the last value wins, as in a map
-                let timings: BTreeMap<&str, f64> = a.timings().collect();
-                for (k, v) in timings {
-                    w.key_str(k);
-                    w.float(v);
+                // by key; truncated keys may repeat: the last value wins, as in a map (a
+                // stable sort keeps arrival order among equal keys)
+                timings.clear();
+                timings.extend(a.timings());
+                timings.sort_by_key(|(k, _)| *k);
+                for (j, &(k, v)) in timings.iter().enumerate() {
+                    if timings.get(j + 1).is_none_or(|next| next.0 != k) {
+                        w.key_str(k);
+                        w.float(v);
+                    }
                 }
             }
             w.end_object();
@@ -970,7 +991,7 @@ impl Session {
             }
             w.end_array();
             w.key("error_count");
-            w.int(action_errors[pos]);
+            w.int(rated[pos].errors);
             w.end_object();
         }
         w.end_array();
@@ -980,7 +1001,7 @@ impl Session {
             w.element();
             w.begin_object();
             w.key("kind");
-            w.str(e.kind.as_str());
+            w.name(e.kind.as_str());
             w.key("message");
             w.opt_str(e.message.as_deref());
             w.key("stack");
@@ -1005,7 +1026,7 @@ impl Session {
             w.key("value");
             w.float(v.value);
             w.key("rating");
-            w.opt_str(apdex::vital_rating(&v.name, v.value));
+            w.opt_name(apdex::vital_rating(&v.name, v.value));
             w.key("start");
             w.int(v.t);
             w.end_object();
@@ -1048,7 +1069,7 @@ impl Session {
             // counted per (type, category) first: one map entry per kind, not per action
             let mut per_kind = [[0u64; 3]; 3];
             for (pos, &i) in order.iter().enumerate() {
-                per_kind[self.actions[i].kind as usize][categories[pos] as usize] += 1;
+                per_kind[self.actions[i].kind as usize][rated[pos].category as usize] += 1;
             }
             for kind in [ActionType::Load, ActionType::Xhr, ActionType::Custom] {
                 for category in [ApdexCategory::Satisfied, ApdexCategory::Tolerating, ApdexCategory::Frustrated] {
@@ -1079,6 +1100,14 @@ impl Session {
             detail,
         }
     }
+}
+
+/// An action's share of the ratings: its errors and its Apdex category.
+#[derive(Clone, Copy)]
+struct Rated {
+    errors: u32,
+    failed: bool,
+    category: ApdexCategory,
 }
 
 fn write_properties(w: &mut JsonWriter, properties: &[(&str, &str)]) {

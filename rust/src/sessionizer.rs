@@ -232,6 +232,11 @@ impl Sessionizer {
             self.enforce_tombstone_limit();
         }
         self.expiring.push(Reverse((s.last_recv, key.to_owned())));
+        self.emit(s, id, reason, out);
+    }
+
+    /// Finalizes a closed session into `out`.
+    fn emit(&mut self, s: Session, id: Option<String>, reason: EndReason, out: &mut Output) {
         let ua = self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""));
         let id = id.unwrap_or_else(|| s.id());
         out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics)));
@@ -444,10 +449,21 @@ impl Sessionizer {
             s.queued = NOT_QUEUED; // listed once, whatever other entries it has
             due.push((s.id(), key, reason));
         }
-        due.sort_by(|a, b| a.0.cmp(&b.0));
+        due.sort_unstable_by(|a, b| a.0.cmp(&b.0)); // ids are distinct
+        // A session closed for its timeout has `now - last_recv >= timeout`: the tombstone it
+        // leaves is dropped again by the loop below, in this same call. So it leaves none and
+        // drops the one its key had (what that loop would leave), unless inserting them could
+        // pass the tombstone limit, which would drop other tombstones on the way.
+        let cap = usize::try_from(self.settings.max_open_sessions).unwrap_or(usize::MAX);
+        let no_tombstone = self.tombstones.len().saturating_add(due.len()) <= cap;
         for (id, key, reason) in due {
             let s = self.open.remove(&key).expect("due keys are open");
-            self.finish(&key, s, Some(id), reason, &mut out);
+            if no_tombstone && reason == EndReason::Timeout {
+                self.tombstones.remove(&key);
+                self.emit(s, Some(id), reason, &mut out);
+            } else {
+                self.finish(&key, s, Some(id), reason, &mut out);
+            }
         }
         while self.expiring.peek().is_some_and(|Reverse((t, _))| now - *t >= timeout) {
             let Some(Reverse((t, key))) = self.expiring.pop() else { break };
