@@ -236,7 +236,7 @@ impl Sessionizer {
     }
 
     /// Finalizes a closed session into `out`.
-    fn emit(&mut self, s: Session, id: Option<String>, reason: EndReason, out: &mut Output) {
+    fn emit(&mut self, s: Box<Session>, id: Option<String>, reason: EndReason, out: &mut Output) {
         let ua = self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""));
         let id = id.unwrap_or_else(|| s.id());
         out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics)));
