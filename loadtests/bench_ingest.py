@@ -473,9 +473,31 @@ PROFILE_TABLE = [
      "3,852 → 4,620 requests/s, 91 → 87 µs (a loaded hour)"),
     ("`asyncio.timeout()` around the body read (`read_body`): 3 `getpid()` calls, a "
      "`Timeout` and a timer per request",
-     "5–9 µs", "not changed yet: `read_body` has another owner; skipping the timeout when "
-     "the body is already complete (`request.content.is_eof()`) measured 76 → 67 µs",
-     "proposed"),
+     "5–9 µs", "skipped when the body is already complete (`request.content.is_eof()`)",
+     "76 → 67 µs"),
+    ("eight `request.app[…]` lookups; `app.get()` / `in app` on an aiohttp `Application` "
+     "raise and catch a `KeyError` when the key is absent (three a beacon with the rate "
+     "limits off); a coroutine for the buffered body and one for `accept`",
+     "5–10 µs", "one `app[INGEST]` object a request; `buffered_body()` returns a body that "
+     "has arrived without an `await`; the native POST awaits the batcher's future itself; "
+     "one `HistogramObserver` per route (the same samples as `Histogram.observe`)",
+     "156 → 139 µs (a loaded hour)"),
+    ("`Store.space_left` at every commit: 12 LMDB/statvfs calls, each handing the GIL to "
+     "the event loop and back",
+     "commit thread 18 → 11–17 µs", "measured every 0.25 s, or at every commit once within "
+     "twice the reserve", "0.24–0.39 → 0.19–0.20 context switches a request"),
+    ("the sessionizer thread stepping every 20 ms under load (each step takes the GIL back a "
+     "dozen times, plus a `run_in_executor` and a timer)",
+     "sessionizer 8.5–9.9 → 5.1–6.8 µs", "a busy step waits 100 ms for the next (sessions "
+     "show up ≤ 100 ms after their 204; live summaries still every 800 ms)",
+     "133 → 122 µs median, 8 of 8 rounds"),
+    ("with `--workers 2`, each front's group commit held LMDB's one writer lock for two "
+     "fdatasyncs (data, then meta page), so the fronts' commits (and the sessionizer's) "
+     "queued behind each other",
+     "latency", "the meta page is synced after the commit, outside the lock (`metasync=False` "
+     "+ `env.sync()` before any acknowledgement; the data pages are still synced first, so a "
+     "crash leaves a consistent store)",
+     "2 workers, single beacons: 3,320 → 5,571 requests/s (same run, loaded hour)"),
 ]  # fmt: skip
 
 
@@ -490,14 +512,15 @@ def _markdown_table(rows: list[tuple[str, str, str, str]]) -> str:
 PROFILE_NOTES = """\
 ### Profile and fix: ingest path
 
-Profiled on 2026-11-26 (`7fa6663` → `4b7a665`): py-spy 0.4.3 (`record --native --threads
---format raw`) on `rumline serve` under this script's client, CPU per thread from
-`/proc/PID/task`, `strace -c` for the system calls per request. Before the fixes a single
-beacon cost ~92 µs of CPU at a quiet moment: the event loop ~75 µs, the commit thread ~11 µs,
-the sessionizer thread ~5 µs (bare: 37–44 µs, one thread); a 50-event POST ~210 µs: the event
-loop 80–100 µs, the commit thread and the sessionizer thread 40–80 µs each. Figures below:
-CPU per request of `rumline --workers 1`, best of 4–5 runs interleaved with the version
-before the change in the same minutes (this machine's load moved them by ±25% between runs).
+Profiled on 2026-11-26 (`7fa6663` → `4b7a665`, then `71c8279` → `29d7717`): py-spy 0.4.3
+(`record --native --threads --format raw`) on `rumline serve` under this script's client,
+CPU per thread from `/proc/PID/task`, `strace -c` for the system calls per request. Before
+the fixes a single beacon cost ~92 µs of CPU at a quiet moment: the event loop ~75 µs, the
+commit thread ~11 µs, the sessionizer thread ~5 µs (bare: 37–44 µs, one thread); a 50-event
+POST ~210 µs: the event loop 80–100 µs, the commit thread and the sessionizer thread 40–80
+µs each. Figures below: CPU per request of `rumline --workers 1`, best of 4–5 runs
+interleaved with the version before the change in the same minutes (this machine's load
+moved them by ±25% between runs).
 
 {table}
 
@@ -507,17 +530,16 @@ no more requests/s), skipping the per-commit `space_left` statistics of LMDB (sa
 a two-stage pipeline validating the next batch (`_core.prepare`, a quarter of a 50-event
 commit cycle) while the previous one syncs (same requests/s, single and 50-event).
 
-What remains, single beacon: aiohttp's own parse-and-answer path is the bare handler's
-(~37 µs; the `write()` of each 204 alone is ~10 µs in this VM), then per request a second
-task step (the wait for the commit), the body-read timeout above, and GIL hand-offs between
-the event loop, the commit thread and the sessionizer thread (~1 futex call per request); the
-commit thread's ~11 µs are mostly kernel time of LMDB's `pwrite` and two `fdatasync` per
-commit of ~30 requests. Requests/s is also bounded by the commit cycle: with 64 connections
-most requests wait for one commit in flight and then their own. For 50-event POSTs the event
-loop idles: the commit thread (`prepare`, ~150 KB of WAL a commit) and the sessionizer thread
-(`ingest`, closed sessions; its fsync'ed transactions also hold the LMDB writer lock a group
-commit waits for) bound the rate; the fixes above change little there (CPU within the noise;
-4 interleaved runs: 4,462 → 5,068 requests/s, 183 → 179 µs at best)."""
+What remains, single beacon (per-thread CPU from `/proc`, after the fixes): the event loop's
+system time is the bare handler's (14–17 µs); its user time is 45–50 µs against bare's 31:
+the handler (~9 µs in many pieces under 1 µs), the second task step after the commit, the
+request timer and the per-commit callback. The commit thread takes ~10 µs a request (half
+of it the kernel's pwrite and fdatasync), the sessionizer thread ~5 µs. Requests/s is
+bounded by the commit cycle more than by CPU: with 64 connections a commit carries ~37
+requests, and a response waits for the commit in flight and then its own; on a slow disk
+hour (fsync 4 ms instead of 0.2 ms) that, not CPU, set the rate. For 50-event POSTs the
+commit thread (`prepare`) and the sessionizer thread (`ingest`, closing sessions of 200
+actions, publishing the live ones) take most of the CPU."""
 
 
 def profile_notes(rows: list[Row], bare: dict[str, float]) -> list[str]:
