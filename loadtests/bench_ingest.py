@@ -658,17 +658,21 @@ def write_section(
         "",
         *scaling_notes(rows),
         "",
-        "What bounds rumline here, per single beacon: aiohttp's own path costs what the bare "
-        "handler costs (~40 µs); on top of it rumline's event loop spends ~25 µs (the handler, "
-        "the body read's timeout, the second task step after the commit, the hand-offs with "
-        "the commit thread) and the commit and sessionizer threads ~15 µs (mostly the kernel "
-        "time of LMDB's pwrite and fdatasync); for 50-event POSTs the commit thread "
+        "What bounds rumline here: one process keeps about one CPU busy, as the bare "
+        "handler does: its event loop, commit thread and sessionizer thread share one GIL, so "
+        "`--workers 1` runs at ~1 / (CPU per request). Per single beacon aiohttp's own path "
+        "costs what the bare handler costs (~40 µs); on top of it rumline's event loop spends "
+        "~15 µs (the handler, the second task step after the commit, the hand-offs with the "
+        "commit thread) and the commit and sessionizer threads ~15 µs (half of it the kernel "
+        "time of LMDB's pwrite and fdatasync). For 50-event POSTs the commit thread "
         "(`_core.prepare` parses and validates every event) and the sessionizer thread "
-        "(`ingest`, the closed sessions) take most of the CPU. With 64 closed-loop "
-        "connections that each wait for an fsync'ed commit, requests/s is also "
-        "bounded by 64 / (commit latency + one round trip). `CPU/request` is the steadiest "
-        "figure across runs on a shared "
-        "machine; requests/s varied by ±40% between runs of this script.",
+        "(`ingest`; closing sessions of 200 actions; publishing the live ones) take most of "
+        "the CPU. With 64 closed-loop connections that each wait for an fsync'ed commit, "
+        "requests/s is also bounded by 64 / (commit latency + one round trip). `--workers 2` "
+        "adds a second GIL but, on these 2 cores shared with the load generator, more CPU per "
+        "request (two event loops each less busy, commits half the size, a third process). "
+        "`CPU/request` is the steadiest figure across runs on a shared machine; requests/s "
+        "varied by ±40% between runs of this script.",
         "",
         *profile_notes(rows, bare),
         "",
