@@ -874,6 +874,7 @@ mod tests {
         run(&mut s, &[beacon(T0)], T0);
         assert_eq!(s.flush(T0 + 59_999).closed.len(), 0);
         assert_eq!(s.flush(T0 + 60_000).closed.len(), 1);
+        assert!(s.tombstones.is_empty() && s.expiring.is_empty(), "a timeout close leaves no tombstone");
         // the tombstone went with that flush: a record received before it opens part 1 again
         run(&mut s, &[beacon(T0)], T0);
         // a beacon moves the deadline: the session is not due when its first one says so
@@ -887,6 +888,22 @@ mod tests {
         again.restore(&s.checkpoint()).unwrap();
         assert_eq!(again.flush(T0 + 159_999).closed.len(), 0);
         assert_eq!(again.flush(T0 + 160_000).closed.len(), 1);
+    }
+
+    #[test]
+    fn a_timeout_close_in_flush_also_drops_the_older_tombstone_of_its_key() {
+        let mut s = core(json!({"timeout_ms": 60_000}));
+        let out = run(&mut s, &[beacon(T0).ev(json!({"type": "end", "start": T0}))], T0);
+        assert_eq!(only(&out).end_reason, Some(EndReason::EndEvent));
+        assert_eq!(s.tombstones.len(), 1);
+        let out = run(&mut s, &[beacon(T0 + 1_000)], T0 + 1_000);
+        assert!(out.closed.is_empty());
+        let out = s.flush(T0 + 61_000);
+        assert_eq!(summary(only(&out))["part"], 2);
+        assert!(s.tombstones.is_empty(), "neither part leaves a tombstone past its timeout");
+        // what the old path (tombstone, then the expiry loop) left: the next beacon is part 1
+        let out = run(&mut s, &[beacon(T0 + 61_000).ev(json!({"type": "end", "start": T0 + 61_000}))], T0 + 61_000);
+        assert_eq!(summary(only(&out))["part"], 1);
     }
 
     #[test]
