@@ -59,6 +59,10 @@ BUSY_STEP_S = 0.1
 # Live summaries are published at least once a second (DESIGN); building them is the core's
 # most expensive call after ingest, so not more often than that, less a step's length.
 LIVE_INTERVAL_MS = 1000 - 2 * int(BUSY_STEP_S * 1000)
+# Their timelines (what `GET /api/v1/sessions/{id}` shows of an open session) go out less
+# often: a timeline grows with every action (~300 B each), and rebuilding those of busy
+# sessions every second cost the sessionizer more than closing them.
+LIVE_DETAIL_INTERVAL_MS = 5000
 # The WAL kept growing faster than it was consumed for this long: log a warning.
 BEHIND_WARN_S = 10.0
 # Below this much new WAL a checkpoint waits for `checkpoint_interval`.
@@ -96,6 +100,7 @@ class Pipeline:
         self._checkpoint_bytes = 0  # size of the last checkpoint
         self._wal_bytes = 0  # record bytes ingested since it
         self._last_live_ms = 0
+        self._last_live_detail_ms = 0
         self._last_tick_ms = 0
         self._ingested_since_tick = False
         self._unwritten: list[ClosedSession] = []
@@ -235,7 +240,7 @@ class Pipeline:
             self._store.put_sessionizer_status(txn, "running")
 
         live = self._core.live()
-        self._last_live_ms = wall_ms()
+        self._last_live_ms = self._last_live_detail_ms = wall_ms()
         self._store.write(publish)
 
     def _step(self, final: bool) -> StepOutcome:
@@ -284,7 +289,8 @@ class Pipeline:
         if not (closed or live_due or tick_due or checkpoint_due or final):
             return outcome
 
-        live = self._core.live() if live_due else []
+        details_due = live_due and now - self._last_live_detail_ms >= LIVE_DETAIL_INTERVAL_MS
+        live = self._core.live(details_due) if live_due else []
         state = self._core.checkpoint() if checkpoint_due else None
         pos, clock = self._pos, self._clock
 
@@ -304,6 +310,8 @@ class Pipeline:
         self._unwritten = []
         if live_due:
             self._last_live_ms = now
+        if details_due:
+            self._last_live_detail_ms = now
         if tick_due:
             self._last_tick_ms = now
             self._ingested_since_tick = False

@@ -374,14 +374,16 @@ class Store:
         txn.delete(sid, db=self.dbs["details"])
 
     def put_live(self, txn: lmdb.Transaction, sessions: Iterable[ClosedSession]) -> int:
-        """Publish the summaries and timelines of open sessions (replacing older ones); how
+        """Publish the summaries and timelines of open sessions (replacing older ones; an
+        empty detail, from `live(details=False)`, keeps the timeline published before); how
         many."""
         live, live_details = self.dbs["live"], self.dbs["live_details"]
         n = 0
         for session in sessions:
             key = session.session_id.encode()
             txn.put(key, session.summary, db=live)
-            txn.put(key, pack_detail(session.detail), db=live_details)
+            if session.detail:
+                txn.put(key, pack_detail(session.detail), db=live_details)
             n += 1
         return n
 

@@ -181,6 +181,36 @@ def test_details_are_stored_compressed_and_read_back_exactly(store: Store):
             unpack_detail(damaged)
 
 
+def test_a_live_summary_without_its_detail_keeps_the_published_timeline(store: Store):
+    now = int(time.time() * 1000)
+    core = Sessionizer({"timeout_ms": 60_000})
+
+    def beacon(*names: str) -> bytes:
+        events = [{"type": "custom", "name": n, "dur": 10} for n in names]
+        body = orjson.dumps({"v": 1, "app": "shop", "sid": "abcdefgh-4", "events": events})
+        records, verdicts, _ = prepare([(now, "10.0.0.1", "Mozilla/5.0", 0, body)])
+        assert verdicts == [None]
+        return records
+
+    def published() -> dict:
+        [sid] = [s.session_id for s in first]
+        return orjson.loads(get_session(store, sid) or b"null")
+
+    core.ingest(beacon("open cart"), now)
+    first = core.live(details=False)  # a new session: its detail comes with it anyway
+    store.write(lambda txn: store.put_live(txn, first))
+    assert [a["name"] for a in published()["timeline"]["actions"]] == ["open cart"]
+    core.ingest(beacon("pay"), now + 1)
+    summaries = core.live(details=False)
+    assert [s.detail for s in summaries] == [b""]
+    store.write(lambda txn: store.put_live(txn, summaries))
+    after = published()
+    assert after["action_count"] == 2  # the new summary, the timeline published before
+    assert [a["name"] for a in after["timeline"]["actions"]] == ["open cart"]
+    store.write(lambda txn: store.put_live(txn, core.live(details=True)))
+    assert [a["name"] for a in published()["timeline"]["actions"]] == ["open cart", "pay"]
+
+
 def _with_timeline(session) -> bytes:
     return session.summary[:-1] + b',"timeline":' + session.detail + b"}"
 

@@ -149,10 +149,13 @@ impl Sessionizer {
         output_to_py(py, out)
     }
 
-    /// Open sessions changed since the last call (summary and detail, `live: true`).
-    fn live(&mut self, py: Python<'_>) -> PyResult<Py<PyList>> {
+    /// Open sessions changed since the last call (summary, `live: true`); with `details`,
+    /// also their details and those changed since the last call with details (else the
+    /// detail is empty).
+    #[pyo3(signature = (details=true))]
+    fn live(&mut self, py: Python<'_>, details: bool) -> PyResult<Py<PyList>> {
         let inner = &mut self.inner;
-        let sessions = py.detach(|| inner.live());
+        let sessions = py.detach(|| inner.live(details));
         let list = PyList::empty(py);
         for c in sessions {
             list.append(closed_to_py(py, c)?)?;

@@ -556,13 +556,22 @@ pub struct Session {
     pub vitals: Vec<VitalRec>,
     pub rage: Vec<RageRec>,
     pub end: Option<(Option<String>, i64)>,
+    /// What `live` has to publish again: [`DIRTY_SUMMARY`] | [`DIRTY_DETAIL`].
     #[serde(skip)]
-    pub dirty: bool,
+    pub dirty: u8,
     /// The time under which the sessionizer's due queue holds this session, at most its
     /// deadline; [`NOT_QUEUED`] until it is queued.
     #[serde(skip, default = "not_queued")]
     pub queued: i64,
 }
+
+/// [`Session::dirty`]: the summary, the detail changed since `live` last published them.
+/// [`DIRTY_NEW`]: its detail was never published (a new session's goes out with its first
+/// summary).
+pub const DIRTY_SUMMARY: u8 = 1;
+pub const DIRTY_DETAIL: u8 = 2;
+pub const DIRTY_ALL: u8 = DIRTY_SUMMARY | DIRTY_DETAIL;
+pub const DIRTY_NEW: u8 = 4;
 
 /// [`Session::queued`] of a session not in the due queue yet.
 pub const NOT_QUEUED: i64 = i64::MIN;
@@ -646,7 +655,7 @@ impl Session {
             vitals: Vec::new(),
             rage: Vec::new(),
             end: None,
-            dirty: true,
+            dirty: DIRTY_ALL | DIRTY_NEW,
             queued: NOT_QUEUED,
         }
     }
@@ -746,6 +755,7 @@ impl Session {
         ua: &UserAgent,
         end_reason: Option<EndReason>,
         metrics: Option<&mut SessionMetrics>,
+        with_detail: bool,
     ) -> Closed {
         // actions by (t, arrival); arrival breaks ties, so an unstable sort (no scratch
         // allocation) gives the order of a stable sort by t
@@ -932,138 +942,143 @@ impl Session {
         w.end_object();
         let summary = w.into_bytes();
 
-        let mut w = JsonWriter::with_capacity(detail_capacity(self));
-        let mut timings: Vec<(&str, f64)> = Vec::new();
-        w.begin_object();
-        w.key("actions");
-        w.begin_array();
-        for (pos, &i) in order.iter().enumerate() {
-            let a = &self.actions[i];
-            let trace = a.trace().map(|t| t.ascii());
-            let trace = trace.as_ref().map(|t| std::str::from_utf8(t).expect("ASCII"));
-            w.element();
+        // an open session's summary is published more often than its timeline (`live`)
+        let detail = if with_detail {
+            let mut w = JsonWriter::with_capacity(detail_capacity(self));
+            let mut timings: Vec<(&str, f64)> = Vec::new();
             w.begin_object();
-            w.key("index");
-            w.uint(pos);
-            w.key("type");
-            w.name(a.kind.as_str());
-            w.key("name");
-            w.str(a.name());
-            w.key("url");
-            w.opt_str(a.url());
-            w.key("page");
-            w.opt_str(self.page(a));
-            w.key("method");
-            w.opt_str(a.key.method.as_deref());
-            w.key("start");
-            w.int(a.t);
-            w.key("duration");
-            w.float(a.dur);
-            w.key("apdex");
-            w.name(rated[pos].category.as_str());
-            w.key("status");
-            w.opt_int(a.status());
-            w.key("traceparent");
-            w.opt_str(trace);
-            w.key("trace_id");
-            w.opt_str(trace.map(|t| &t[3..35]));
-            w.key("timings");
-            w.begin_object();
-            if a.extra.as_ref().is_some_and(|x| !x.shape.timing_keys.is_empty()) {
-                // by key; truncated keys may repeat: the last value wins, as in a map (a
-                // stable sort keeps arrival order among equal keys)
-                timings.clear();
-                timings.extend(a.timings());
-                timings.sort_by_key(|(k, _)| *k);
-                for (j, &(k, v)) in timings.iter().enumerate() {
-                    if timings.get(j + 1).is_none_or(|next| next.0 != k) {
-                        w.key_str(k);
-                        w.float(v);
+            w.key("actions");
+            w.begin_array();
+            for (pos, &i) in order.iter().enumerate() {
+                let a = &self.actions[i];
+                let trace = a.trace().map(|t| t.ascii());
+                let trace = trace.as_ref().map(|t| std::str::from_utf8(t).expect("ASCII"));
+                w.element();
+                w.begin_object();
+                w.key("index");
+                w.uint(pos);
+                w.key("type");
+                w.name(a.kind.as_str());
+                w.key("name");
+                w.str(a.name());
+                w.key("url");
+                w.opt_str(a.url());
+                w.key("page");
+                w.opt_str(self.page(a));
+                w.key("method");
+                w.opt_str(a.key.method.as_deref());
+                w.key("start");
+                w.int(a.t);
+                w.key("duration");
+                w.float(a.dur);
+                w.key("apdex");
+                w.name(rated[pos].category.as_str());
+                w.key("status");
+                w.opt_int(a.status());
+                w.key("traceparent");
+                w.opt_str(trace);
+                w.key("trace_id");
+                w.opt_str(trace.map(|t| &t[3..35]));
+                w.key("timings");
+                w.begin_object();
+                if a.extra.as_ref().is_some_and(|x| !x.shape.timing_keys.is_empty()) {
+                    // by key; truncated keys may repeat: the last value wins, as in a map (a
+                    // stable sort keeps arrival order among equal keys)
+                    timings.clear();
+                    timings.extend(a.timings());
+                    timings.sort_by_key(|(k, _)| *k);
+                    for (j, &(k, v)) in timings.iter().enumerate() {
+                        if timings.get(j + 1).is_none_or(|next| next.0 != k) {
+                            w.key_str(k);
+                            w.float(v);
+                        }
                     }
                 }
-            }
-            w.end_object();
-            w.key("resources");
-            w.begin_array();
-            for r in a.resources() {
-                w.element();
-                write_resource(&mut w, &r);
+                w.end_object();
+                w.key("resources");
+                w.begin_array();
+                for r in a.resources() {
+                    w.element();
+                    write_resource(&mut w, &r);
+                }
+                w.end_array();
+                w.key("error_count");
+                w.int(rated[pos].errors);
+                w.end_object();
             }
             w.end_array();
-            w.key("error_count");
-            w.int(rated[pos].errors);
-            w.end_object();
-        }
-        w.end_array();
-        w.key("errors");
-        w.begin_array();
-        for (e, action) in self.errors.iter().zip(&error_action) {
-            w.element();
-            w.begin_object();
-            w.key("kind");
-            w.name(e.kind.as_str());
-            w.key("message");
-            w.opt_str(e.message.as_deref());
-            w.key("stack");
-            w.opt_str(e.stack.as_deref());
-            w.key("start");
-            w.int(e.t);
-            w.key("action");
-            match action {
-                Some(a) => w.uint(*a),
-                None => w.null(),
+            w.key("errors");
+            w.begin_array();
+            for (e, action) in self.errors.iter().zip(&error_action) {
+                w.element();
+                w.begin_object();
+                w.key("kind");
+                w.name(e.kind.as_str());
+                w.key("message");
+                w.opt_str(e.message.as_deref());
+                w.key("stack");
+                w.opt_str(e.stack.as_deref());
+                w.key("start");
+                w.int(e.t);
+                w.key("action");
+                match action {
+                    Some(a) => w.uint(*a),
+                    None => w.null(),
+                }
+                w.end_object();
             }
+            w.end_array();
+            w.key("vitals");
+            w.begin_array();
+            for v in &self.vitals {
+                w.element();
+                w.begin_object();
+                w.key("name");
+                w.str(&v.name);
+                w.key("value");
+                w.float(v.value);
+                w.key("rating");
+                w.opt_name(apdex::vital_rating(&v.name, v.value));
+                w.key("start");
+                w.int(v.t);
+                w.end_object();
+            }
+            w.end_array();
+            w.key("rage_clicks");
+            w.begin_array();
+            for r in &self.rage {
+                w.element();
+                w.begin_object();
+                w.key("target");
+                w.opt_str(r.target.as_deref());
+                w.key("count");
+                w.int(r.count);
+                w.key("start");
+                w.int(r.t);
+                w.end_object();
+            }
+            w.end_array();
+            w.key("user_tags");
+            w.begin_array();
+            for (tag, at) in &self.user_tags {
+                w.element();
+                w.begin_object();
+                w.key("tag");
+                w.str(tag);
+                w.key("at");
+                w.int(*at);
+                w.end_object();
+            }
+            w.end_array();
+            w.key("properties");
+            write_properties(&mut w, &properties);
+            w.key("end_detail");
+            w.opt_str(self.end.as_ref().and_then(|e| e.0.as_deref()));
             w.end_object();
-        }
-        w.end_array();
-        w.key("vitals");
-        w.begin_array();
-        for v in &self.vitals {
-            w.element();
-            w.begin_object();
-            w.key("name");
-            w.str(&v.name);
-            w.key("value");
-            w.float(v.value);
-            w.key("rating");
-            w.opt_name(apdex::vital_rating(&v.name, v.value));
-            w.key("start");
-            w.int(v.t);
-            w.end_object();
-        }
-        w.end_array();
-        w.key("rage_clicks");
-        w.begin_array();
-        for r in &self.rage {
-            w.element();
-            w.begin_object();
-            w.key("target");
-            w.opt_str(r.target.as_deref());
-            w.key("count");
-            w.int(r.count);
-            w.key("start");
-            w.int(r.t);
-            w.end_object();
-        }
-        w.end_array();
-        w.key("user_tags");
-        w.begin_array();
-        for (tag, at) in &self.user_tags {
-            w.element();
-            w.begin_object();
-            w.key("tag");
-            w.str(tag);
-            w.key("at");
-            w.int(*at);
-            w.end_object();
-        }
-        w.end_array();
-        w.key("properties");
-        write_properties(&mut w, &properties);
-        w.key("end_detail");
-        w.opt_str(self.end.as_ref().and_then(|e| e.0.as_deref()));
-        w.end_object();
-        let detail = w.into_bytes();
+            w.into_bytes()
+        } else {
+            Vec::new()
+        };
 
         if let Some(m) = metrics {
             // counted per (type, category) first: one map entry per kind, not per action

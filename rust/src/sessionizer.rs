@@ -3,7 +3,7 @@ use crate::beacon::{self, limits, Rejection};
 use crate::error::CoreError;
 use crate::privacy::{self, Scrubber};
 use crate::record::{self, Record};
-use crate::session::{ActionIn, Closed, EndReason, ErrorRec, RageRec, ResourceIn, Session, SessionMetrics, Shared, NOT_QUEUED};
+use crate::session::{ActionIn, Closed, EndReason, ErrorRec, RageRec, ResourceIn, Session, SessionMetrics, Shared, DIRTY_ALL, DIRTY_NEW, DIRTY_SUMMARY, NOT_QUEUED};
 use crate::settings::Settings;
 use crate::useragent::UaCache;
 use crate::wire::{self, ParsedBeacon, ParsedBody, ParsedEvent};
@@ -239,7 +239,7 @@ impl Sessionizer {
     fn emit(&mut self, s: Box<Session>, id: Option<String>, reason: EndReason, out: &mut Output) {
         let ua = self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""));
         let id = id.unwrap_or_else(|| s.id());
-        out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics)));
+        out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics), true));
     }
 
     /// Applies one beacon. The session is taken out of the map for the beacon's events (one
@@ -302,7 +302,7 @@ impl Sessionizer {
                 self.finish(&key, s, None, EndReason::ActionLimit, out);
                 s = self.new_session(&key, ctx);
             }
-            s.dirty = true;
+            s.dirty |= DIRTY_ALL;
             match &ev.body {
                 ParsedBody::Action { kind, name, url, method, dur, status, traceparent, timings, resources } => {
                     let scrub = &self.scrubber;
@@ -474,9 +474,15 @@ impl Sessionizer {
         out
     }
 
-    /// Summaries and details of open sessions changed since the last call, sorted by id.
-    pub fn live(&mut self) -> Vec<Closed> {
-        let mut keys: Vec<String> = self.open.iter().filter(|(_, s)| s.dirty).map(|(k, _)| k.clone()).collect();
+    /// Summaries of open sessions changed since the last call, sorted by id; with
+    /// `with_details`, also their details, and those of sessions whose detail changed since
+    /// the last call with details (the others get an empty detail, except new sessions:
+    /// their first summary comes with its detail). A timeline can be ten
+    /// times the size of its summary and grows with every action, so the caller may publish
+    /// details less often than summaries.
+    pub fn live(&mut self, with_details: bool) -> Vec<Closed> {
+        let wanted = if with_details { DIRTY_ALL } else { DIRTY_SUMMARY };
+        let mut keys: Vec<String> = self.open.iter().filter(|(_, s)| s.dirty & wanted != 0).map(|(k, _)| k.clone()).collect();
         keys.sort();
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
@@ -485,9 +491,10 @@ impl Sessionizer {
                 self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""))
             };
             let s = self.open.get_mut(&k).expect("key listed above");
-            s.dirty = false;
+            let detail = with_details || s.dirty & DIRTY_NEW != 0;
+            s.dirty &= if detail { 0 } else { !DIRTY_SUMMARY };
             let id = s.id();
-            out.push(s.finalize(id, &self.settings, &ua, None, None));
+            out.push(s.finalize(id, &self.settings, &ua, None, None, detail));
         }
         out
     }
@@ -516,7 +523,7 @@ impl Sessionizer {
             .sessions
             .into_iter()
             .map(|mut s| {
-                s.dirty = true;
+                s.dirty = DIRTY_ALL;
                 s.share(&mut self.shared);
                 (key_of(&s.app, &s.sid), Box::new(s))
             })
@@ -617,7 +624,7 @@ fn deadline(settings: &Settings, s: &Session) -> i64 {
 }
 
 fn apply_beacon_fields(s: &mut Session, ctx: &BeaconCtx, shared: &mut Shared) {
-    s.dirty = true;
+    s.dirty |= DIRTY_ALL;
     if let Some(user) = ctx.user.filter(|_| !ctx.dnt) {
         s.identify(user, ctx.recv);
     }
@@ -1138,7 +1145,7 @@ mod tests {
         let mut second = core(json!({}));
         second.restore(&state).unwrap();
         assert_eq!(second.checkpoint(), state);
-        let details = |c: &mut Sessionizer| c.live().into_iter().map(|c| (c.summary, c.detail)).collect::<Vec<_>>();
+        let details = |c: &mut Sessionizer| c.live(true).into_iter().map(|c| (c.summary, c.detail)).collect::<Vec<_>>();
         let (a, b) = (details(&mut first), details(&mut second));
         assert_eq!(a, b);
         let detail = String::from_utf8(a[0].1.clone()).unwrap();
@@ -1155,7 +1162,7 @@ mod tests {
         let mut c = core(json!({}));
         c.restore(&state).unwrap();
         assert_eq!(c.checkpoint(), state);
-        let live = c.live();
+        let live = c.live(true);
         assert_eq!(String::from_utf8(live[0].summary.clone()).unwrap(), std::fs::read_to_string(format!("{dir}.summary.json")).unwrap());
         assert_eq!(String::from_utf8(live[0].detail.clone()).unwrap(), std::fs::read_to_string(format!("{dir}.detail.json")).unwrap());
     }
@@ -1228,7 +1235,7 @@ mod tests {
         let recent = "flood-01798"; // closed by the cap, its tombstone among the newest
         let out = run(&mut s, &[beacon(T0 + 2_000).sid(recent)], T0 + 2_000);
         assert!(out.closed.iter().all(|c| summary(c)["client_sid"] != recent));
-        let live = s.live();
+        let live = s.live(true);
         let part = live.iter().map(summary).find(|v| v["client_sid"] == recent).unwrap()["part"].clone();
         assert_eq!(part, 2);
     }
@@ -1237,12 +1244,39 @@ mod tests {
     fn live_sessions_have_no_ux_score_and_only_changed_ones_are_published() {
         let mut s = core(json!({}));
         run(&mut s, &[beacon(T0).ev(action("load", T0, 10.0)), beacon(T0).sid("sid-0002")], T0);
-        let live = s.live();
+        let live = s.live(true);
         assert_eq!(live.len(), 2);
         let sm = summary(&live[0]);
         assert_eq!((sm["live"].clone(), sm["ux_score"].clone(), sm["end_reason"].clone()), (json!(true), Value::Null, Value::Null));
-        assert!(s.live().is_empty());
+        assert!(s.live(true).is_empty());
         run(&mut s, &[beacon(T0 + 5).sid("sid-0002")], T0 + 5);
-        assert_eq!(s.live().len(), 1);
+        assert_eq!(s.live(true).len(), 1);
+    }
+
+    #[test]
+    fn live_summaries_can_go_out_without_details_and_the_details_follow_later() {
+        let mut s = core(json!({}));
+        run(&mut s, &[beacon(T0).ev(action("load", T0, 10.0)), beacon(T0).sid("sid-0002")], T0);
+        // new sessions: their first summaries come with their details
+        let first = s.live(false);
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|c| !c.detail.is_empty() && summary(c)["live"] == json!(true)));
+        assert!(s.live(false).is_empty(), "summaries published");
+        run(&mut s, &[beacon(T0 + 1).ev(action("custom", T0 + 1, 2.0))], T0 + 1);
+        run(&mut s, &[beacon(T0 + 5).sid("sid-0002").ev(action("custom", T0 + 5, 3.0))], T0 + 5);
+        let summaries = s.live(false);
+        assert_eq!(summaries.len(), 2);
+        assert!(summaries.iter().all(|c| c.detail.is_empty()), "details wait for a call with details");
+        assert!(s.live(false).is_empty());
+        // both details are still owed, each the same as a full publish now
+        let full = s.live(true);
+        assert_eq!(full.len(), 2);
+        let mut fresh = core(json!({}));
+        run(&mut fresh, &[beacon(T0).ev(action("load", T0, 10.0)), beacon(T0).sid("sid-0002")], T0);
+        run(&mut fresh, &[beacon(T0 + 1).ev(action("custom", T0 + 1, 2.0))], T0 + 1);
+        run(&mut fresh, &[beacon(T0 + 5).sid("sid-0002").ev(action("custom", T0 + 5, 3.0))], T0 + 5);
+        let expected = fresh.live(true);
+        assert_eq!(full.iter().map(|c| (&c.summary, &c.detail)).collect::<Vec<_>>(), expected.iter().map(|c| (&c.summary, &c.detail)).collect::<Vec<_>>());
+        assert!(s.live(true).is_empty() && s.live(false).is_empty());
     }
 }

@@ -79,7 +79,7 @@ proptest! {
         let _ = s.ingest(&raw, 1_764_126_000_000);
         let truncated = &p.wal[..cut.index(p.wal.len() + 1)];
         let _ = s.ingest(truncated, 1_764_126_000_000);
-        let _ = s.live();
+        let _ = s.live(true);
         let state = s.checkpoint();
         let mut again = Sessionizer::new(Settings::default()).unwrap();
         again.restore(&state).unwrap();
@@ -100,7 +100,7 @@ proptest! {
         let (mut a, mut b) = (Sessionizer::new(Settings::default()).unwrap(), Sessionizer::new(Settings::default()).unwrap());
         let (oa, ob) = (a.ingest(&p.wal, T0 as i64), b.ingest(&json, T0 as i64));
         prop_assert_eq!((oa.beacons, oa.events, &oa.dropped), (ob.beacons, ob.events, &ob.dropped));
-        prop_assert_eq!(bytes(a.live()), bytes(b.live()));
+        prop_assert_eq!(bytes(a.live(true)), bytes(b.live(true)));
         prop_assert_eq!(bytes(a.flush(i64::MAX / 2).closed), bytes(b.flush(i64::MAX / 2).closed));
     }
 
@@ -134,7 +134,7 @@ proptest! {
         short[..4].copy_from_slice(&len.to_le_bytes());
         let out = s.ingest(&short, T0 as i64);
         prop_assert_eq!(out.rejected, vec![(0, 0, "bad_record")]);
-        let _ = s.live();
+        let _ = s.live(true);
         let state = s.checkpoint();
         let mut again = Sessionizer::new(Settings::default()).unwrap();
         again.restore(&state).unwrap();
