@@ -471,8 +471,8 @@ def find_sessions(
 
 def get_session(store: Store, session_id: str) -> bytes | None:
     """JSON of a session's summary plus `timeline` (its detail); an open session's timeline
-    is the one the sessionizer last published (at most a second old), or null in a store
-    written before live timelines were kept.
+    is the one the sessionizer last published (at most ~5 s old; a new session's comes with
+    its first summary), or null in a store written before live timelines were kept.
 
     The stored JSON is spliced, not parsed: a detail can be megabytes (200 actions with 300
     resources each), and this runs on the event loop.
