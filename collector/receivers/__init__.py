@@ -127,7 +127,7 @@ def receiver_route(receiver: str) -> Callable[[RouteBody], Handler]:
     def wrap(body: RouteBody) -> Handler:
         @functools.wraps(body)
         async def handler(request: web.Request) -> web.Response:
-            recv_ms = time.time_ns() // 1_000_000
+            recv_ms = now_ms()
             ingest: Ingest = request.app[INGEST]
             metrics = ingest.metrics
             metrics.beacon_received(receiver)

@@ -13,6 +13,7 @@ validates them once per group-commit batch.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -32,6 +33,9 @@ from collector.receivers import (
     storage_rejected,
     submit,
 )
+
+if TYPE_CHECKING:
+    from collector.config import Settings
 
 RECEIVER = "native"
 METHODS = "POST, GET, OPTIONS"
@@ -92,8 +96,8 @@ def body_apps(body: bytes) -> set[str]:
     return {app for app in apps if isinstance(app, str)}
 
 
-def _check_native_app_origin(request: web.Request, body: bytes) -> None:
-    if request.app[INGEST].settings.app_origins and "Origin" in request.headers:
+def _check_native_app_origin(request: web.Request, settings: Settings, body: bytes) -> None:
+    if settings.app_origins and "Origin" in request.headers:
         check_app_origin(request, body_apps(body))
 
 
@@ -130,8 +134,7 @@ async def beacon_post(request: web.Request, recv_ms: int, headers: dict[str, str
                            f"Content-Type {request.content_type!r} is not text/plain, "
                            f"application/json or {FORM_TYPE}")  # fmt: skip
         body = form_field_d(body)
-    if settings.app_origins and "Origin" in request.headers:
-        check_app_origin(request, body_apps(body))
+    _check_native_app_origin(request, settings, body)
     if ingest.app_limits is not None:
         _check_native_app_rate(request, body)
     # `accept`, inlined: one coroutine fewer a beacon.
@@ -155,7 +158,7 @@ async def beacon_get(request: web.Request, recv_ms: int, headers: dict[str, str]
     body = d.encode()
     if len(body) > settings.max_body_bytes:
         raise Rejected(413, "too_large", f"`d` is over {settings.max_body_bytes} bytes")
-    _check_native_app_origin(request, body)
+    _check_native_app_origin(request, settings, body)
     _check_native_app_rate(request, body)
     await accept(request, RECEIVER, recv_ms, body)
     return web.Response(status=204, headers=headers or None)

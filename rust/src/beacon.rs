@@ -438,24 +438,7 @@ pub struct ActionEvent {
     pub resources: Vec<Resource>,
 }
 
-/// One usable event of a beacon, with its client `start` (corrected later).
-#[derive(Debug, Clone, PartialEq)]
-pub enum EventBody {
-    /// Not boxed: it is the common event, and it is moved into the session at once.
-    Action(ActionEvent),
-    Error { kind: ErrorKind, message: Option<String>, stack: Option<String> },
-    Vital { name: String, value: f64 },
-    RageClick { target: Option<String>, count: u32 },
-    Identify(String),
-    Property(String, String),
-    End(Option<String>),
-}
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub start: Option<f64>,
-    pub body: EventBody,
-}
 
 /// Why one event was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,19 +458,6 @@ impl Drop {
     }
 }
 
-/// A validated beacon: the envelope, its usable events and what was dropped.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Beacon {
-    pub app: String,
-    pub sid: String,
-    pub vid: Option<String>,
-    pub sent: Option<f64>,
-    pub user: Option<String>,
-    pub page_url: Option<String>,
-    pub screen: Option<String>,
-    pub synthetic: bool,
-    pub events: Vec<Event>,
-}
 
 /// The beacons of one request, before their events are parsed.
 pub struct Envelopes<'a> {
@@ -751,7 +721,7 @@ fn parse_event(raw: ObjectOr<RawEvent<'_>>) -> Result<ParsedEvent<Cow<'_, str>>,
 
 impl<'a> Envelopes<'a> {
     /// Parses the events of every beacon (docs §3): everything but the settings-dependent
-    /// steps, which [`ParsedBeacon::into_beacon`] does.
+    /// steps, which the sessionizer does when it applies them.
     pub fn into_parsed(self) -> Vec<ParsedBeacon<Cow<'a, str>>> {
         self.raw
             .into_iter()
