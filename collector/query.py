@@ -3,8 +3,11 @@
 Reading: every request reads one consistent LMDB snapshot (one read-only transaction), so it
 never blocks the sessionizer's writes. A list request picks one index to walk newest first:
 `by_user` when `user` is given, else `by_app` when `app` is given, else `by_time`; each value of
-that filter is a key prefix and the prefixes are merged. The open sessions of the `live` db are
-merged into the same order. Every other filter is checked on the summary JSON. List queries run
+that filter is a key prefix and the prefixes are merged. The open sessions are indexed the same
+way (`live_by_user`, `live_by_app`, `live_by_time`, see store.py) and merged into the same
+order, so a request reads the open sessions it can match, not every one (a user-tag lookup with
+100k sessions open took 100 ms to 1.3 s when it read them all). Every other filter is checked
+on the summary JSON. List queries run
 in the default thread pool (a scan can take a while); the single-session lookup is two gets and
 runs on the loop.
 
@@ -25,7 +28,7 @@ import dataclasses
 import heapq
 import hmac
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,7 +40,7 @@ from multidict import MultiMapping
 
 from collector._core import unpack_detail
 from collector.appkeys import SETTINGS, STORE
-from collector.store import U64, Store, tag_prefix
+from collector.store import CLOSED_INDEXES, LIVE_INDEXES, U64, Store, tag_prefix
 from collector.tag_hash import hash_tag
 
 # Defaults of `[api] default_limit / max_limit`.
@@ -294,14 +297,14 @@ def _parse_time(name: str, value: str | None) -> int | None:
 
 # --- reading -----------------------------------------------------------------------------
 
-# (start, session_id, summary of a live session or None for a closed one)
-Candidate = tuple[int, str, dict[str, Any] | None]
+# (start, session_id, the db holding its summary: `sessions`, or `live` for an open session)
+Candidate = tuple[int, str, Any]
 
 
 def _index_candidates(
-    txn: lmdb.Transaction, db: Any, prefix: bytes, q: SessionQuery
+    txn: lmdb.Transaction, db: Any, prefix: bytes, q: SessionQuery, source: Any
 ) -> Iterator[Candidate]:
-    """Closed sessions under `prefix` in one index, newest first, within from/to/cursor."""
+    """Sessions under `prefix` in one index, newest first, within from/to/cursor."""
     upper = prefix + (U64.pack(q.start_to + 1) if q.start_to is not None else b"\xff" * 9)
     if q.after is not None:
         upper = min(upper, prefix + U64.pack(q.after.start) + q.after.session_id.encode())
@@ -320,123 +323,42 @@ def _index_candidates(
         tail = key[len(prefix):]
         if len(tail) != tail_len:
             continue
-        yield U64.unpack_from(tail)[0], tail[U64.size:].decode(), None
+        yield U64.unpack_from(tail)[0], tail[U64.size:].decode(), source
 
 
-@dataclass(frozen=True)
-class LiveView:
-    """The `live` db of one snapshot: its raw items, parsed, and the sessions per user tag."""
-
-    items: list[tuple[bytes, bytes]] = field(default_factory=list)
-    parsed: dict[bytes, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
-    by_user: dict[str, list[tuple[bytes, dict[str, Any]]]] = field(default_factory=dict)
-    # The ux_score values present: live sessions have none yet (null), so a `ux` filter
-    # usually rules every one of them out at once.
-    ux_scores: frozenset[Any] = frozenset()
-
-
-class LiveSummaries:
-    """The parsed live summaries, reused from one list request to the next.
-
-    Open sessions are not indexed, so every list request reads every live summary; parsing
-    them all was nearly the whole time of a user-tag lookup (3,000 open sessions: ~20 ms of
-    it, docs/benchmarks.md "Profile of the query path"). The sessionizer rewrites the live
-    db at most once a second, so most requests find it byte-identical to what the previous
-    one read: one comparison of the raw items (in C) then reuses the parsed summaries and
-    the per-user lists. When it changed, only the summaries whose bytes changed are parsed
-    again. What a request uses is always the parse of exactly its snapshot's bytes. Bounded
-    by the live db (only the last view is kept); safe to share between the executor threads
-    (a lost update only costs a parse).
-    """
-
-    def __init__(self) -> None:
-        self._view = LiveView()
-
-    def read(self, txn: lmdb.Transaction, db: Any) -> LiveView:
-        """The view of the `live` db `db` in the snapshot of `txn`."""
-        items = list(txn.cursor(db=db))
-        view = self._view
-        if items == view.items:
-            return view
-        parsed: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
-        by_user: dict[str, list[tuple[bytes, dict[str, Any]]]] = {}
-        for key, raw in items:
-            entry = view.parsed.get(key)
-            if entry is None or entry[0] != raw:
-                entry = (raw, orjson.loads(raw))
-            parsed[key] = entry
-            tag = entry[1].get("user_tag")
-            if isinstance(tag, str):
-                by_user.setdefault(tag, []).append((key, entry[1]))
-        ux_scores = frozenset(entry[1].get("ux_score") for entry in parsed.values())
-        view = LiveView(items, parsed, by_user, ux_scores)
-        self._view = view
-        return view
-
-
-# This process's parsed live summaries, shared by its list requests.
-LIVE_SUMMARIES: web.AppKey[LiveSummaries] = web.AppKey("live_summaries", LiveSummaries)
-
-
-def _live_candidates(
-    txn: lmdb.Transaction, store: Store, q: SessionQuery, live: LiveSummaries | None
-) -> list[Candidate]:
-    """Open sessions matching the query, newest first, below the cursor."""
-    view = (live or LiveSummaries()).read(txn, store.dbs["live"])
-    entries: Iterable[tuple[bytes, dict[str, Any]]]
-    if q.ux and q.ux.isdisjoint(view.ux_scores):
-        return []
-    if q.users:  # matches() checks the tag again
-        entries = [entry for user in q.users for entry in view.by_user.get(user, ())]
-    else:
-        entries = ((key, summary) for key, (_, summary) in view.parsed.items())
-    sessions_db = store.dbs["sessions"]
-    out: list[Candidate] = []
-    for key, summary in entries:
-        start = summary.get("start") or 0
-        sid = key.decode()
-        if q.after is not None and (start, sid) >= (q.after.start, q.after.session_id):
-            continue
-        if not q.matches(summary):
-            continue
-        # Checked last (a random read in a large db): most live sessions fail the filters.
-        if txn.get(key, db=sessions_db) is not None:
-            continue  # closed meanwhile: its closed copy is in the index
-        out.append((start, sid, summary))
-    out.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    return out
-
-
-def _closed_streams(
-    txn: lmdb.Transaction, store: Store, q: SessionQuery
+def _streams(
+    txn: lmdb.Transaction, store: Store, q: SessionQuery, *, live: bool
 ) -> list[Iterator[Candidate]]:
+    """One newest-first stream per prefix of the index that fits the query, over the closed
+    sessions or over the open ones."""
+    by_time, by_app, by_user = LIVE_INDEXES if live else CLOSED_INDEXES
+    source = store.dbs["live" if live else "sessions"]
     if q.users:
-        db, prefixes = store.dbs["by_user"], sorted({tag_prefix(u) for u in q.users})
+        name, prefixes = by_user, sorted({tag_prefix(u) for u in q.users})
     elif q.apps:
-        db, prefixes = store.dbs["by_app"], sorted({tag_prefix(a) for a in q.apps})
+        name, prefixes = by_app, sorted({tag_prefix(a) for a in q.apps})
     else:
-        db, prefixes = store.dbs["by_time"], [b""]
-    return [_index_candidates(txn, db, p, q) for p in prefixes]
+        name, prefixes = by_time, [b""]
+    return [_index_candidates(txn, store.dbs[name], p, q, source) for p in prefixes]
 
 
 def find_sessions(
     store: Store,
     q: SessionQuery,
     scan_budget: int | None = None,
-    live: LiveSummaries | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of summaries, newest first, and the cursor of the next page (None at the end).
 
-    Blocking (LMDB reads, JSON parsing): call it in a thread. `live` keeps the parsed live
-    summaries between calls (the app's `LIVE_SUMMARIES`); without it, every one is parsed.
+    Blocking (LMDB reads, JSON parsing): call it in a thread.
     """
     budget = SCAN_BUDGET if scan_budget is None else scan_budget
     with store.read() as txn:
         streams: list[Iterator[Candidate]] = []
-        if True in q.live or not q.live:
-            streams.append(iter(_live_candidates(txn, store, q, live)))
+        # Open sessions have no ux_score yet: a `ux` filter rules every one of them out.
+        if (True in q.live or not q.live) and not q.ux:
+            streams.extend(_streams(txn, store, q, live=True))
         if False in q.live or not q.live:
-            streams.extend(_closed_streams(txn, store, q))
+            streams.extend(_streams(txn, store, q, live=False))
         merged = heapq.merge(*streams, key=lambda c: (c[0], c[1]), reverse=True)
         sessions_db = store.dbs["sessions"]
         page: list[dict[str, Any]] = []
@@ -444,7 +366,7 @@ def find_sessions(
         last_examined: Position | None = None
         examined = 0
         seen: set[str] = set()
-        for start, sid, summary in merged:
+        for start, sid, source in merged:
             if examined >= budget and last_examined is not None:
                 # Out of budget: the next page resumes below the last entry examined.
                 return page, last_examined.encode()
@@ -453,13 +375,17 @@ def find_sessions(
             if sid in seen:
                 continue
             seen.add(sid)
-            if summary is None:
-                raw = txn.get(sid.encode(), db=sessions_db)
-                if raw is None:
-                    continue
-                summary = orjson.loads(raw)
-                if not q.matches(summary):
-                    continue
+            key = sid.encode()
+            raw = txn.get(key, db=source)
+            if raw is None:
+                continue
+            summary = orjson.loads(raw)
+            if not q.matches(summary):
+                continue
+            if source is not sessions_db and txn.get(key, db=sessions_db) is not None:
+                # A live entry of a session already closed (published during a replay after
+                # a crash, before the replay closed it again): its closed copy is listed.
+                continue
             if len(page) == q.limit:
                 # A further match exists, so there is a next page.
                 assert last_returned is not None
@@ -526,7 +452,7 @@ def _authorize(request: web.Request) -> None:
 async def _page(request: web.Request, q: SessionQuery) -> web.Response:
     store = request.app[STORE]
     sessions, cursor = await asyncio.get_running_loop().run_in_executor(
-        None, find_sessions, store, q, None, request.app[LIVE_SUMMARIES]
+        None, find_sessions, store, q
     )
     return _json({"sessions": sessions, "next_cursor": cursor})
 
@@ -570,7 +496,6 @@ async def api_not_found(request: web.Request) -> web.Response:
 
 def setup_query_routes(app: web.Application) -> None:
     """Add the `/api/v1` routes; they read `app[STORE]` and `app[SETTINGS]`."""
-    app[LIVE_SUMMARIES] = LiveSummaries()
     app.router.add_get("/api/v1/sessions", list_sessions, name="sessions")
     app.router.add_get("/api/v1/sessions/{session_id}", session_detail, name="session")
     app.router.add_get(

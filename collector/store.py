@@ -14,11 +14,19 @@ value):
 | `by_app`   | app + b"\\x00" + u64 start_ms + session_id             | b""                    |
 | `live`     | session_id                                            | summary of an open one |
 | `live_details` | session_id                                        | its timeline so far    |
+| `live_by_time` etc. | as `by_time`, `by_user`, `by_app`, for the `live` sessions          |
+| `live_keys` | session_id                           | u64 start + app + b"\\x00" + user_tag |
 
 `details` and `live_details` hold the detail JSON in its stored form (`_core.pack_detail`:
 LZ4-compressed behind a tag byte, ~2.8× smaller for typical visits); a value that starts
 with `{` is plain JSON (written before compression, or not smaller compressed).
 `_core.unpack_detail` reads both.
+
+The open sessions are indexed like the closed ones, so that a query reads the live sessions it
+can match, not all of them (a busy site has 100k open). `put_live` moves a session's index
+entries when its start or user tag changed since its last publication; `put_closed` removes
+them with its live entry. `live_keys` says what they were made of without parsing the
+summary (that parse tripled the cost of republishing a session).
 
 `meta`: the core's checkpointed state, the WAL position it includes, the sessionizer clock
 (the last tick), and the sessionizer's status for the fronts' `/readyz`.
@@ -61,8 +69,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DB_NAMES = (
-    "wal", "meta", "sessions", "details", "by_time", "by_user", "by_app", "live", "live_details"
-)
+    "wal", "meta", "sessions", "details", "by_time", "by_user", "by_app", "live", "live_details",
+    "live_by_time", "live_by_user", "live_by_app", "live_keys",
+)  # fmt: skip
+# The index dbs of closed and of open sessions, in the order of `index_keys`.
+CLOSED_INDEXES = ("by_time", "by_app", "by_user")
+LIVE_INDEXES = ("live_by_time", "live_by_app", "live_by_user")
 U64 = struct.Struct(">Q")
 T = TypeVar("T")
 
@@ -97,6 +109,42 @@ def tag_prefix(tag: str) -> bytes:
 
 def tag_key(tag: str, start_ms: int, session_id: str) -> bytes:
     return tag_prefix(tag) + time_key(start_ms, session_id)
+
+
+def index_keys(
+    session_id: str, start_ms: int, app: str, user_tag: str | None
+) -> tuple[bytes, bytes, bytes | None]:
+    """A session's keys in the time, app and user indexes (None: no user tag)."""
+    return (
+        time_key(start_ms, session_id),
+        tag_key(app, start_ms, session_id),
+        tag_key(user_tag, start_ms, session_id) if user_tag else None,
+    )
+
+
+def live_keys_value(start_ms: int, app: str, user_tag: str | None) -> bytes:
+    """The `live_keys` value of an open session: what its index keys are made of."""
+    return U64.pack(max(start_ms, 0)) + app.encode() + b"\x00" + (user_tag or "").encode()
+
+
+def live_index_keys(session_id: str, value: bytes) -> tuple[bytes, bytes, bytes | None]:
+    """The index keys of an open session from its `live_keys` value (apps hold no NUL)."""
+    app, _, user_tag = value[U64.size:].partition(b"\x00")
+    return index_keys(session_id, U64.unpack_from(value)[0], app.decode(), user_tag.decode())
+
+
+def summary_index_keys(
+    session_id: str, summary: dict
+) -> tuple[bytes, bytes | None, bytes | None] | None:
+    """The index keys a stored summary was written with (None without a valid start)."""
+    start, app, user_tag = summary.get("start"), summary.get("app"), summary.get("user_tag")
+    if not isinstance(start, int):
+        return None
+    return (
+        time_key(start, session_id),
+        tag_key(app, start, session_id) if isinstance(app, str) else None,
+        tag_key(user_tag, start, session_id) if isinstance(user_tag, str) and user_tag else None,
+    )
 
 
 class _Gate:
@@ -342,45 +390,66 @@ class Store:
         dbs = self.dbs
         old = txn.get(sid, db=dbs["sessions"])
         if old is not None:
-            self._delete_indexes(txn, session.session_id, orjson.loads(old))
+            self._delete_indexes(txn, CLOSED_INDEXES, session.session_id, old)
         txn.put(sid, session.summary, db=dbs["sessions"])
         txn.put(sid, pack_detail(session.detail), db=dbs["details"])
-        start = session.start_ms
-        txn.put(time_key(start, session.session_id), b"", db=dbs["by_time"])
-        txn.put(tag_key(session.app, start, session.session_id), b"", db=dbs["by_app"])
-        if session.user_tag:
-            txn.put(tag_key(session.user_tag, start, session.session_id), b"", db=dbs["by_user"])
+        keys = index_keys(session.session_id, session.start_ms, session.app, session.user_tag)
+        self._put_indexes(txn, CLOSED_INDEXES, keys)
+        made_of = txn.get(sid, db=dbs["live_keys"])
+        if made_of is not None:
+            self._delete_keys(txn, LIVE_INDEXES, live_index_keys(session.session_id, made_of))
+            txn.delete(sid, db=dbs["live_keys"])
         txn.delete(sid, db=dbs["live"])
         txn.delete(sid, db=dbs["live_details"])
 
-    def _delete_indexes(self, txn: lmdb.Transaction, session_id: str, summary: dict) -> None:
-        start = summary.get("start")
-        if not isinstance(start, int):
-            return
-        dbs = self.dbs
-        txn.delete(time_key(start, session_id), db=dbs["by_time"])
-        if isinstance(summary.get("app"), str):
-            txn.delete(tag_key(summary["app"], start, session_id), db=dbs["by_app"])
-        if isinstance(summary.get("user_tag"), str):
-            txn.delete(tag_key(summary["user_tag"], start, session_id), db=dbs["by_user"])
+    def _put_indexes(
+        self, txn: lmdb.Transaction, names: tuple[str, ...], keys: tuple[bytes | None, ...]
+    ) -> None:
+        for name, key in zip(names, keys, strict=True):
+            if key is not None:
+                txn.put(key, b"", db=self.dbs[name])
+
+    def _delete_indexes(
+        self, txn: lmdb.Transaction, names: tuple[str, ...], session_id: str, summary: bytes
+    ) -> None:
+        """Delete the index entries that the stored `summary` was written with."""
+        keys = summary_index_keys(session_id, orjson.loads(summary))
+        if keys is not None:
+            self._delete_keys(txn, names, keys)
+
+    def _delete_keys(
+        self, txn: lmdb.Transaction, names: tuple[str, ...], keys: tuple[bytes | None, ...]
+    ) -> None:
+        for name, key in zip(names, keys, strict=True):
+            if key is not None:
+                txn.delete(key, db=self.dbs[name])
 
     def delete_closed(self, txn: lmdb.Transaction, session_id: str) -> None:
         """Delete a closed session: summary, detail and every index entry (retention)."""
         sid = session_id.encode()
         old = txn.get(sid, db=self.dbs["sessions"])
         if old is not None:
-            self._delete_indexes(txn, session_id, orjson.loads(old))
+            self._delete_indexes(txn, CLOSED_INDEXES, session_id, old)
         txn.delete(sid, db=self.dbs["sessions"])
         txn.delete(sid, db=self.dbs["details"])
 
     def put_live(self, txn: lmdb.Transaction, sessions: Iterable[ClosedSession]) -> int:
         """Publish the summaries and timelines of open sessions (replacing older ones; an
-        empty detail, from `live(details=False)`, keeps the timeline published before); how
-        many."""
-        live, live_details = self.dbs["live"], self.dbs["live_details"]
+        empty detail, from `live(details=False)`, keeps the timeline published before), with
+        their index entries; how many."""
+        live, live_details, made = self.dbs["live"], self.dbs["live_details"], self.dbs["live_keys"]
         n = 0
         for session in sessions:
             key = session.session_id.encode()
+            # Its index entries move only when a late action moved its start earlier, or when
+            # it got a user tag: mostly one get and a comparison.
+            made_of = live_keys_value(session.start_ms, session.app, session.user_tag)
+            old = txn.get(key, db=made)
+            if old != made_of:
+                if old is not None:
+                    self._delete_keys(txn, LIVE_INDEXES, live_index_keys(session.session_id, old))
+                self._put_indexes(txn, LIVE_INDEXES, live_index_keys(session.session_id, made_of))
+                txn.put(key, made_of, db=made)
             txn.put(key, session.summary, db=live)
             if session.detail:
                 txn.put(key, pack_detail(session.detail), db=live_details)
@@ -388,8 +457,8 @@ class Store:
         return n
 
     def clear_live(self, txn: lmdb.Transaction) -> None:
-        txn.drop(self.dbs["live"], delete=False)
-        txn.drop(self.dbs["live_details"], delete=False)
+        for name in ("live", "live_details", "live_keys", *LIVE_INDEXES):
+            txn.drop(self.dbs[name], delete=False)
 
     # --- sessionizer status (read by every front's /readyz) --------------------------------
 

@@ -563,8 +563,8 @@ def measure_queries(port: int, m: Manifest, n: int) -> dict[str, dict[str, float
     return out
 
 
-def call_for(store: Store, live: Any, path: str) -> Callable[[], Any]:
-    """What the HTTP handler of `path` runs (its blocking part), with the app's `live`."""
+def call_for(store: Store, path: str) -> Callable[[], Any]:
+    """What the HTTP handler of `path` runs (its blocking part)."""
     from multidict import MultiDict
 
     from collector.query import find_sessions, get_session, parse_query
@@ -575,10 +575,10 @@ def call_for(store: Store, live: Any, path: str) -> Callable[[], Any]:
     )
     if route.startswith("/api/v1/users/"):
         q = parse_query(params, user=route.split("/")[4])
-        return lambda: find_sessions(store, q, live=live)
+        return lambda: find_sessions(store, q)
     if route == "/api/v1/sessions":
         q = parse_query(params)
-        return lambda: find_sessions(store, q, live=live)
+        return lambda: find_sessions(store, q)
     session_id = route.rsplit("/", 1)[1]
     return lambda: get_session(store, session_id)
 
@@ -586,16 +586,13 @@ def call_for(store: Store, live: Any, path: str) -> Callable[[], Any]:
 def measure_cpu(data_dir: Path, m: Manifest, n: int) -> dict[str, dict[str, float]]:
     """The same queries in this process, without HTTP: CPU time of this thread per call
     (what a query costs, whatever else runs on the machine)."""
-    from collector.query import LiveSummaries
-
     store = Store(data_dir, map_size=1 << 36)
     out: dict[str, dict[str, float]] = {}
     try:
         for kind, paths in query_paths(m, random.Random(m.stored + 1), n + n // 5).items():
-            live = LiveSummaries()
             times = []
             for i, path in enumerate(paths):
-                call = call_for(store, live, path)
+                call = call_for(store, path)
                 began = time.thread_time()
                 call()
                 if i >= n // 5:
@@ -770,8 +767,8 @@ def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] |
             "(other work shares it: the p99s include its noise).",
             "",
             "`CPU p50 / p99`: the same queries called in-process after the collector stopped",
-            "(`find_sessions` / `get_session` as the handlers call them, with the app's",
-            "`LiveSummaries`), CPU time of the calling thread: what a query costs, without the",
+            "(`find_sessions` / `get_session` as the handlers call them), CPU time of the",
+            "calling thread: what a query costs, without the",
             "waits for a CPU that a busy machine adds to the wall-clock columns.",
             "",
             "| stored | disk | built in | query | p50 | p95 | p99 | CPU p50 / p99 | "

@@ -31,7 +31,6 @@ sys.path.insert(0, str(REPO / "loadtests"))
 from bench_store import Manifest, call_for, percentile, query_paths  # noqa: E402
 from multidict import MultiDict  # noqa: E402
 
-from collector.query import LiveSummaries  # noqa: E402
 from collector.store import Store  # noqa: E402
 
 
@@ -51,10 +50,9 @@ def compare(store: Store, manifest: Manifest, rev: str, n: int) -> None:
     old = query_module_at(rev)
     print(f"CPU time per call (thread time), {n} calls each, alternating: {rev} vs current")
     for kind, paths in query_paths(manifest, random.Random(2), n + n // 5).items():
-        live = LiveSummaries()
         times: dict[str, list[float]] = {"old": [], "new": []}
         for i, path in enumerate(paths):
-            new_call = call_for(store, live, path)
+            new_call = call_for(store, path)
             old_call = old_call_for(old, store, path)
             for name, call in (("old", old_call), ("new", new_call)):
                 began = time.thread_time()
@@ -81,6 +79,9 @@ def old_call_for(module: ModuleType, store: Store, path: str) -> Callable[[], An
         else:
             session_id = route.rsplit("/", 1)[1]
             return lambda: module.get_session(store, session_id)
+        if hasattr(module, "LiveSummaries"):  # before the open sessions were indexed
+            live = module.__dict__.setdefault("_live_cache", module.LiveSummaries())
+            return lambda: module.find_sessions(store, q, live=live)
         return lambda: module.find_sessions(store, q)
     raise ValueError(path)
 
@@ -102,8 +103,7 @@ def main() -> None:
             compare(store, manifest, args.compare, args.n)
             return
         for kind, paths in query_paths(manifest, random.Random(1), args.n).items():
-            live_summaries = LiveSummaries()
-            calls = [call_for(store, live_summaries, p) for p in paths]
+            calls = [call_for(store, p) for p in paths]
             for call in calls[: args.n // 5]:  # warm-up
                 call()
             times = []

@@ -322,9 +322,9 @@ async def test_scan_budget_answers_short_pages_with_a_cursor(
     assert ids(got) == ids(oracle)
     got, pages = await all_pages(client, "/api/v1/sessions", [("action", "POST /checkout")])
     assert ids(got) == ids(s for s in everything if "POST /checkout" in s["action_names"])
-    # The budget, not the limit, cut the pages: 4 closed sessions examined per page.
-    closed = [s for s in everything if not s["live"]]
-    assert pages == -(-len(closed) // 4)
+    # The budget, not the limit, cut the pages: 4 index entries (of a closed or an open
+    # session) examined per page.
+    assert pages == -(-len(everything) // 4)
 
 
 # --- detail ------------------------------------------------------------------------------------
@@ -516,33 +516,86 @@ def test_from_and_to_accept_epoch_ms_and_iso_8601(text: str, ms: int) -> None:
     assert q.start_from == q.start_to == ms
 
 
-def test_live_summaries_are_reused_only_while_unchanged(tmp_path: Path) -> None:
-    """A list request sees exactly its snapshot's live summaries: unchanged ones are not parsed
-    again, changed ones are, removed ones are forgotten."""
+def _live_core(tmp_path: Path):
+    """A real core and an empty store; `send(sid, user, start_ms)` ingests one beacon of one
+    load action and publishes what changed, as the sessionizer does."""
     import orjson
 
+    from collector import Sessionizer, prepare
+
     live_store = Store(tmp_path / "live")
-    live = query.LiveSummaries()
+    core = Sessionizer({"timeout_ms": 3_600_000})
 
-    def put(sid: str, **fields: Any) -> None:
-        summary = {"session_id": sid, "app": "shop", "start": T0, "live": True, **fields}
-        live_store.write(lambda txn: txn.put(sid.encode(), orjson.dumps(summary),
-                                             db=live_store.dbs["live"]))  # fmt: skip
+    def send(sid: str, user: str | None, start: int) -> None:
+        body = {"v": 1, "app": "shop", "sid": sid, "sent": start,
+                "events": [{"type": "load", "name": "home", "start": start, "dur": 100}]}
+        if user:
+            body["user"] = user
+        records, verdicts, _ = prepare([(start, "10.0.0.1", "Mozilla/5.0", 0,
+                                         orjson.dumps(body))])  # fmt: skip
+        assert verdicts == [None]
+        core.ingest(records, start)
+        live_store.write(lambda txn: live_store.put_live(txn, core.live()))
 
-    def page(**params: str) -> list[Summary]:
-        q = query.parse_query(_md({"live": "true", **params}))
-        return query.find_sessions(live_store, q, live=live)[0]
+    return live_store, core, send
+
+
+def test_a_user_lookup_reads_only_that_users_open_sessions(tmp_path: Path) -> None:
+    """Open sessions are indexed: with 300 other users' sessions open, a lookup of one user
+    finds theirs within a scan budget of 2 entries (it used to read every live summary)."""
+    live_store, _, send = _live_core(tmp_path)
+    try:
+        for i in range(300):
+            send(f"other-session-{i:04d}", f"user{i}@example.com", T0 + i * 1000)
+        send("daniel-session-1", DANIEL, T0 + 150_500)
+        q = query.parse_query(_md({"user": DANIEL}))
+        page, cursor = query.find_sessions(live_store, q, scan_budget=2)
+        assert [s["client_sid"] for s in page] == ["daniel-session-1"] and cursor is None
+        assert page[0]["live"] is True
+        # without a user, every open session is listed, newest first, across pages
+        seen: list[str] = []
+        cursor = None
+        while True:
+            q = query.parse_query(_md({"limit": "100", **({"cursor": cursor} if cursor else {})}))
+            page, cursor = query.find_sessions(live_store, q)
+            seen += [s["client_sid"] for s in page]
+            if cursor is None:
+                break
+        assert len(seen) == 301 == len(set(seen))
+        assert seen[0] == "other-session-0299" and seen[-1] == "other-session-0000"
+    finally:
+        live_store.close()
+
+
+def test_open_session_index_follows_its_user_tag_and_start_then_its_close(tmp_path: Path) -> None:
+    """A user tag given later, and a start moved earlier by a late action, move the open
+    session's index entries; closing it removes them."""
+    live_store, core, send = _live_core(tmp_path)
+
+    def found(**params: str) -> list[Summary]:
+        return query.find_sessions(live_store, query.parse_query(_md(params)))[0]
 
     try:
-        put("a" * 32, user_tag="ann")
-        put("b" * 32, user_tag="bob")
-        first = {s["session_id"]: s for s in page()}
-        again = {s["session_id"]: s for s in page()}
-        assert again == first
-        assert all(again[k] is first[k] for k in first)  # reused, not parsed again
-        put("b" * 32, user_tag="ben")
-        live_store.write(lambda txn: txn.delete(b"a" * 32, db=live_store.dbs["live"]))
-        assert [s["user_tag"] for s in page()] == ["ben"]
-        assert page(user="bob") == [] and [s["user_tag"] for s in page(user="ben")] == ["ben"]
+        send("moving-session", None, T0 + HOUR)
+        assert [s["user_tag"] for s in found(app="shop")] == [None]
+        send("moving-session", "ann@example.com", T0 + HOUR + 1000)
+        assert [s["start"] for s in found(user="ann@example.com")] == [T0 + HOUR]
+        send("moving-session", "ben@example.com", T0)  # an action before the first one
+        assert found(user="ann@example.com") == []
+        [ben] = found(user="ben@example.com")
+        assert ben["start"] == T0 and ben["live"] is True
+        assert found(app="shop", to=str(T0 + HOUR - 1)) == [ben]
+        assert found(app="shop", **{"from": str(T0 + 1)}) == []
+        with live_store.read() as txn:
+            for name in ("live_by_time", "live_by_app", "live_by_user"):
+                assert txn.stat(live_store.dbs[name])["entries"] == 1, name
+
+        [closed] = core.flush(T0 + 10 * HOUR).closed
+        live_store.write(lambda txn: live_store.put_closed(txn, closed))
+        [after] = found(user="ben@example.com")
+        assert after["live"] is False and after["session_id"] == ben["session_id"]
+        with live_store.read() as txn:
+            for name in ("live", "live_details", "live_by_time", "live_by_app", "live_by_user"):
+                assert txn.stat(live_store.dbs[name])["entries"] == 0, name
     finally:
         live_store.close()

@@ -138,6 +138,9 @@ def test_closed_session_with_indexes_replaces_live_and_is_idempotent(store: Stor
     # while open, the session's timeline so far is served with its summary
     detail = orjson.loads(get_session(store, session.session_id) or b"null")
     assert detail["live"] is True
+    with store.read() as txn:
+        user_key = tag_key("daniel.adams@example.com", live[0].start_ms, session.session_id)
+        assert list(txn.cursor(db=store.dbs["live_by_user"]).iternext(values=False)) == [user_key]
     assert [a["name"] for a in detail["timeline"]["actions"]] == ["home"]
     for _ in range(2):  # a replay writes it again: same keys, nothing duplicated
         store.write(lambda txn: store.put_closed(txn, session))
@@ -151,7 +154,8 @@ def test_closed_session_with_indexes_replaces_live_and_is_idempotent(store: Stor
         assert keys("by_time") == [time_key(session.start_ms, sid)]
         assert keys("by_user") == [tag_key("daniel.adams@example.com", session.start_ms, sid)]
         assert keys("by_app") == [tag_key("shop", session.start_ms, sid)]
-        assert keys("live") == [] == keys("live_details")
+        assert keys("live") == [] == keys("live_details") == keys("live_keys")
+        assert keys("live_by_time") == [] == keys("live_by_user") == keys("live_by_app")
         assert orjson.loads(txn.get(sid.encode(), db=store.dbs["sessions"]))["live"] is False
 
 
