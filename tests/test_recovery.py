@@ -58,3 +58,43 @@ def test_readyz_fails_while_recovering_then_sessions_are_back(start_server: Star
     assert len(sessions) == 50
     assert all(s["live"] for s in sessions)
     assert sum(s["action_count"] for s in sessions) == total
+
+
+def test_open_sessions_of_a_store_without_live_indexes_are_indexed_at_start(
+    start_server: StartServer,
+) -> None:
+    """A store written before open sessions were indexed (its `live` db alone): after a
+    restart the user-tag lookup finds the open session again."""
+    env = {"RUMLINE_SESSION_TIMEOUT": "1h"}
+    server = start_server(env=env)
+    body = orjson.dumps({"v": 1, "app": "upgrade", "sid": "upgrade-session-1",
+                         "user": "ann@example.com",
+                         "events": [{"type": "load", "name": "home", "dur": 100}]})  # fmt: skip
+    assert server.request("POST", "/beacon", body)[0] == 204
+    path = "/api/v1/users/ann@example.com/sessions"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, found = server.get_json(path)
+        if status == 200 and found["sessions"]:  # type: ignore[index]
+            break
+        time.sleep(0.05)
+    [live] = found["sessions"]  # type: ignore[index]
+    assert live["live"] is True
+    assert server.terminate() == 0
+
+    store = Store(server.data_dir)
+    try:
+        def forget_indexes(txn) -> None:  # what an older version left: summaries only
+            for name in ("live_keys", "live_by_time", "live_by_user", "live_by_app"):
+                txn.drop(store.dbs[name], delete=False)
+
+        store.write(forget_indexes)
+        with store.read() as txn:
+            assert txn.stat(store.dbs["live"])["entries"] == 1
+    finally:
+        store.close()
+
+    again = start_server(env=env, data_dir=server.data_dir)
+    status, found = again.get_json(path)
+    assert status == 200
+    assert [s["session_id"] for s in found["sessions"]] == [live["session_id"]]  # type: ignore[index]
