@@ -374,17 +374,18 @@ def find_sessions(
             last_examined = Position(start, sid)
             if sid in seen:
                 continue
-            seen.add(sid)
             key = sid.encode()
+            if source is not sessions_db and txn.get(key, db=sessions_db) is not None:
+                # A live entry of a session already closed (published during a replay after
+                # a crash, before the replay closed it again): its closed copy is listed,
+                # wherever its start puts it.
+                continue
+            seen.add(sid)
             raw = txn.get(key, db=source)
             if raw is None:
                 continue
             summary = orjson.loads(raw)
             if not q.matches(summary):
-                continue
-            if source is not sessions_db and txn.get(key, db=sessions_db) is not None:
-                # A live entry of a session already closed (published during a replay after
-                # a crash, before the replay closed it again): its closed copy is listed.
                 continue
             if len(page) == q.limit:
                 # A further match exists, so there is a next page.

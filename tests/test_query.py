@@ -599,3 +599,35 @@ def test_open_session_index_follows_its_user_tag_and_start_then_its_close(tmp_pa
                 assert txn.stat(live_store.dbs[name])["entries"] == 0, name
     finally:
         live_store.close()
+
+
+def test_a_stale_open_copy_of_a_closed_session_does_not_hide_it(tmp_path: Path) -> None:
+    """During a replay after a crash the sessionizer may publish a session as open whose
+    closed copy is already stored, with a later start (a late action moved it earlier before
+    the close): the list shows the closed copy, once."""
+    from collector.store import LIVE_INDEXES, live_index_keys
+
+    live_store, core, send = _live_core(tmp_path)
+    try:
+        send("replayed-session", "ann@example.com", T0 + HOUR)
+        key = query.find_sessions(live_store, query.parse_query(_md({})))[0][0]["session_id"]
+        with live_store.read() as txn:
+            stale = bytes(txn.get(key.encode(), db=live_store.dbs["live"]))
+            made_of = bytes(txn.get(key.encode(), db=live_store.dbs["live_keys"]))
+        send("replayed-session", None, T0)
+        [closed] = core.flush(T0 + 10 * HOUR).closed
+        live_store.write(lambda txn: live_store.put_closed(txn, closed))
+
+        def republish(txn: Any) -> None:
+            txn.put(key.encode(), stale, db=live_store.dbs["live"])
+            txn.put(key.encode(), made_of, db=live_store.dbs["live_keys"])
+            live_store._put_indexes(txn, LIVE_INDEXES, live_index_keys(key, made_of))
+
+        live_store.write(republish)
+        for params in ({}, {"user": "ann@example.com"}, {"app": "shop"}):
+            page = query.find_sessions(live_store, query.parse_query(_md(params)))[0]
+            assert [(s["session_id"], s["live"], s["start"]) for s in page] == [
+                (key, False, T0)
+            ], params
+    finally:
+        live_store.close()
