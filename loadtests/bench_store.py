@@ -18,6 +18,9 @@ temp directory; queries go over HTTP to a real collector (`python -m collector s
    3 000 open (live) sessions: user-tag lookup, a 24-hour segmentation (has_error + ux +
    browser), the detail of one session; p50 / p95 / p99 over HTTP (targets at 1M:
    ≤ 10 ms, ≤ 200 ms, ≤ 5 ms p99).
+4. Query CPU as the open sessions grow (3k / 30k / 100k open, over the largest store): the
+   user-tag lookup and the newest 50 sessions; with `--compare-query REV` also the query
+   path of git revision REV on the same store.
 
 `--quick` runs smaller sizes (a few minutes). `--store-dir DIR` keeps the store there and reuses
 what an earlier run built (to profile queries without rebuilding); with `--resume` also what
@@ -71,6 +74,8 @@ SESSIONS_PER_DAY = 100_000
 # Open sessions while the queries run: a site with 100 000 sessions a day, sessions of ~10
 # minutes plus the 30-minute timeout, has about 100 000 / 86 400 s × 2 400 s ≈ 2 800 open.
 LIVE_SESSIONS = 3_000
+# Open sessions of part 4: from that typical site to a busy one.
+LIVE_GROWTH = (3_000, 30_000, 100_000)
 # Distinct users: with 1M stored sessions a user tag has ~5 of them (80 % are identified).
 USERS = 160_000
 CHUNK = 20_000  # sessions per prepare/ingest call and per write transaction
@@ -529,7 +534,12 @@ def query_paths(m: Manifest, rng: random.Random, n: int) -> dict[str, list[str]]
         "user": [f"/api/v1/users/{rng.choice(m.sample_users)}/sessions" for _ in range(n)],
         "segment": [segment() for _ in range(n)],
         "detail": [f"/api/v1/sessions/{rng.choice(m.sample_ids)}" for _ in range(n)],
+        "newest": ["/api/v1/sessions?limit=50"] * n,
     }
+
+
+# What part 3 measures (part 4: user and newest).
+QUERY_KINDS = ("user", "segment", "detail")
 
 
 def measure_queries(port: int, m: Manifest, n: int) -> dict[str, dict[str, float]]:
@@ -540,6 +550,8 @@ def measure_queries(port: int, m: Manifest, n: int) -> dict[str, dict[str, float
     out: dict[str, dict[str, float]] = {}
     try:
         for kind, paths in query_paths(m, rng, n + n // 5).items():
+            if kind not in QUERY_KINDS:
+                continue
             times, found = [], 0
             for i, path in enumerate(paths):
                 began = time.perf_counter()
@@ -583,16 +595,22 @@ def call_for(store: Store, path: str) -> Callable[[], Any]:
     return lambda: get_session(store, session_id)
 
 
-def measure_cpu(data_dir: Path, m: Manifest, n: int) -> dict[str, dict[str, float]]:
+def measure_cpu(
+    data_dir: Path, m: Manifest, n: int, kinds: tuple[str, ...] = QUERY_KINDS,
+    calls: Callable[[Store, str], Callable[[], Any]] | None = None,
+) -> dict[str, dict[str, float]]:  # fmt: skip
     """The same queries in this process, without HTTP: CPU time of this thread per call
-    (what a query costs, whatever else runs on the machine)."""
+    (what a query costs, whatever else runs on the machine). `calls`: another query path
+    than the current one's `call_for`."""
     store = Store(data_dir, map_size=1 << 36)
     out: dict[str, dict[str, float]] = {}
     try:
         for kind, paths in query_paths(m, random.Random(m.stored + 1), n + n // 5).items():
+            if kind not in kinds:
+                continue
             times = []
             for i, path in enumerate(paths):
-                call = call_for(store, path)
+                call = (calls or call_for)(store, path)
                 began = time.thread_time()
                 call()
                 if i >= n // 5:
@@ -634,6 +652,43 @@ def query_growth(store_dir: Path, sizes: list[int], requests: int,
     return rows
 
 
+def live_growth(store_dir: Path, counts: tuple[int, ...], requests: int, results: Results,
+                compare: str | None) -> list[dict[str, Any]]:  # fmt: skip
+    """Query CPU with more and more sessions open, over the store as built: the collector
+    restores a checkpoint of `count` open sessions and publishes them (with their index
+    entries), then the queries run in this process."""
+    m = StoreBuilder(store_dir).manifest
+    data = store_dir / "data"
+    rows = results.data.setdefault("live_growth", [])
+    old_calls = None
+    if compare:
+        from profile_query import old_call_for, query_module_at
+
+        old = query_module_at(compare)
+        old_calls = lambda store, path: old_call_for(old, store, path)  # noqa: E731
+    kinds = ("user", "newest")
+    try:
+        for count in counts:
+            if any(row["live"] == count for row in rows):
+                continue  # measured by the run this one resumes
+            run_child("live", store_dir, count, int(time.time() * 1000))
+            with collector(data, store_dir / "collector.log"):
+                pass  # ready once it has published every open session
+            print(f"{count:,} open sessions over {m.stored:,} closed:", flush=True)
+            row = {"live": count, "stored": m.stored,
+                   "cpu": measure_cpu(data, m, requests, kinds)}  # fmt: skip
+            if old_calls is not None:
+                print(f"  the query path at {compare}:", flush=True)
+                row["before"] = measure_cpu(data, m, requests, kinds, old_calls)
+                row["before_rev"] = compare
+            rows.append(row)
+            results.save()
+    finally:
+        # what part 3 runs with, for a later --resume
+        run_child("live", store_dir, LIVE_SESSIONS, int(time.time() * 1000))
+    return rows
+
+
 class Results:
     """What a run measured so far, saved after each part (`--resume` carries on from it: a
     long run on a shared machine can be cut short)."""
@@ -668,7 +723,7 @@ def mib(n: float) -> str:
 
 
 def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] | None,
-           queries: list[dict]) -> str:  # fmt: skip
+           queries: list[dict], live: list[dict] | None = None) -> str:  # fmt: skip
     lines = ["## Memory, growth curves and query latency", ""]
     cmd = "loadtests/bench_store.py" + (" --quick" if args.quick else "")
     if args.max_stored:
@@ -789,6 +844,35 @@ def render(args: argparse.Namespace, memory: Memory | None, growth: list[dict] |
                 )
         rate = queries[-1]["stored"] / queries[-1]["build_s"]
         lines += ["", f"Building the store: {rate:,.0f} sessions/s (core + LMDB, in bulk).", ""]
+    if live:
+        before = live[0].get("before_rev")
+        lines += [
+            "### Queries as the open sessions grow",
+            "",
+            f"The store of the last row above ({live[0]['stored']:,} closed sessions) with",
+            f"{', '.join(format(r['live'], ',') for r in live)} sessions open, restored from a",
+            "checkpoint and published by the collector; CPU time per call in-process (as",
+            "above) of a user-tag lookup and of the newest 50 sessions (`GET /api/v1/sessions`,",
+            "no filter)"
+            + (f"; `before`: the query path of `{before}`, on the same store." if before else "."),
+            "",
+        ]
+        head = "| open | user p50 / p99 | newest 50 p50 / p99 |"
+        rule = "|---:|---:|---:|"
+        if before:
+            head += " user before | newest 50 before |"
+            rule += "---:|---:|"
+        lines += [head, rule]
+
+        def cell(cpu: dict[str, dict[str, float]], kind: str) -> str:
+            return f"{cpu[kind]['p50']:,.2f} / {cpu[kind]['p99']:,.2f} ms"
+
+        for r in live:
+            line = f"| {r['live']:,} | {cell(r['cpu'], 'user')} | {cell(r['cpu'], 'newest')} |"
+            if before:
+                line += f" {cell(r['before'], 'user')} | {cell(r['before'], 'newest')} |"
+            lines.append(line)
+        lines.append("")
     lines += [
         f"Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()}; Python "
         f"{platform.python_version()}, core {_core.__version__}, lmdb {lmdb.__version__} "
@@ -835,6 +919,8 @@ def main() -> None:
                         help="with --store-dir: keep what an interrupted run measured there")
     parser.add_argument("--only", choices=("memory",),
                         help="run only this part and rewrite only its sub-section of the doc")
+    parser.add_argument("--compare-query", metavar="REV",
+                        help="part 4 also measures the query path of git revision REV")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -890,9 +976,11 @@ def main() -> None:
         print(f"query latency at {stored_sizes} stored sessions (store in {store_dir})",
               flush=True)  # fmt: skip
         queries = query_growth(store_dir, stored_sizes, requests, results)
+        print(f"query CPU at {LIVE_GROWTH} open sessions", flush=True)
+        live = live_growth(store_dir, LIVE_GROWTH, requests, results, args.compare_query)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    text = render(args, memory, growth, queries)
+    text = render(args, memory, growth, queries, live)
     print(text)
     if not args.no_write:
         write_section(text)
