@@ -354,11 +354,13 @@ def find_sessions(
     budget = SCAN_BUDGET if scan_budget is None else scan_budget
     with store.read() as txn:
         streams: list[Iterator[Candidate]] = []
+        # The closed streams first: `heapq.merge` takes the earlier stream's entry of a tie,
+        # so a closed session comes before an open copy of it at the same position.
+        if False in q.live or not q.live:
+            streams.extend(_streams(txn, store, q, live=False))
         # Open sessions have no ux_score yet: a `ux` filter rules every one of them out.
         if (True in q.live or not q.live) and not q.ux:
             streams.extend(_streams(txn, store, q, live=True))
-        if False in q.live or not q.live:
-            streams.extend(_streams(txn, store, q, live=False))
         merged = heapq.merge(*streams, key=lambda c: (c[0], c[1]), reverse=True)
         sessions_db = store.dbs["sessions"]
         page: list[dict[str, Any]] = []
@@ -376,9 +378,10 @@ def find_sessions(
                 continue
             key = sid.encode()
             if source is not sessions_db and txn.get(key, db=sessions_db) is not None:
-                # A live entry of a session already closed (published during a replay after
-                # a crash, before the replay closed it again): its closed copy is listed,
-                # wherever its start puts it.
+                # An open entry of a session also stored closed (the sessionizer removes it
+                # in the transaction that stores the closed one, and does not publish while
+                # it recovers; a store written otherwise): the closed copy is listed, wherever
+                # its start puts it.
                 continue
             seen.add(sid)
             raw = txn.get(key, db=source)

@@ -457,9 +457,13 @@ class StoreBuilder:
         rng = random.Random(now_ms)
         templates = open_templates(rng, BEACON_ACTIONS, 200)
         core = _core.Sessionizer({})
-        reqs = [request(rng.choice(templates), now_ms - (count - k) * 100, 2 * 10**9 + k)
+        # received over the last 10 minutes at most: well within the 30-minute timeout
+        step = min(100, 600_000 // count)
+        reqs = [request(rng.choice(templates), now_ms - (count - k) * step, 2 * 10**9 + k)
                 for k in range(count)]  # fmt: skip
         core.ingest(framed(reqs)[0], now_ms)
+        if core.open_count() != count:
+            raise RuntimeError(f"{core.open_count()} sessions open, not {count}")
         state = core.checkpoint()
         store = Store(self.directory / "data", map_size=1 << 36)
         try:
@@ -674,6 +678,14 @@ def live_growth(store_dir: Path, counts: tuple[int, ...], requests: int, results
             run_child("live", store_dir, count, int(time.time() * 1000))
             with collector(data, store_dir / "collector.log"):
                 pass  # ready once it has published every open session
+            store = Store(data, map_size=1 << 36)
+            try:
+                with store.read() as txn:
+                    published = txn.stat(store.dbs["live"])["entries"]
+            finally:
+                store.close()
+            if published != count:
+                raise RuntimeError(f"{published} open sessions published, not {count}")
             print(f"{count:,} open sessions over {m.stored:,} closed:", flush=True)
             row = {"live": count, "stored": m.stored,
                    "cpu": measure_cpu(data, m, requests, kinds)}  # fmt: skip
@@ -684,8 +696,10 @@ def live_growth(store_dir: Path, counts: tuple[int, ...], requests: int, results
             rows.append(row)
             results.save()
     finally:
-        # what part 3 runs with, for a later --resume
+        # back to what part 3 runs with (published: profile_query.py reads the store as is)
         run_child("live", store_dir, LIVE_SESSIONS, int(time.time() * 1000))
+        with collector(data, store_dir / "collector.log"):
+            pass
     return rows
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python loadtests/profile_query.py --store-dir DIR [--n 200] [--profile]
                                                 [--compare GIT_REV]
 
-Runs the three benchmark queries (user-tag lookup, 24-hour segmentation, detail) through
+Runs the benchmark queries (user-tag lookup, 24-hour segmentation, detail, the newest 50) through
 `collector.query` exactly as the HTTP handlers do (`parse_query` → `find_sessions`,
 `get_session`), without HTTP: prints the wall time per call (p50 / p99) and, with `--profile`,
 where that time goes (pyinstrument, a sampling profiler; `pip install pyinstrument`).

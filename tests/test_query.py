@@ -540,7 +540,9 @@ def _live_core(tmp_path: Path):
     return live_store, core, send
 
 
-def test_a_user_lookup_reads_only_that_users_open_sessions(tmp_path: Path) -> None:
+def test_a_user_lookup_reads_only_that_users_open_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Open sessions are indexed: with 300 other users' sessions open, a lookup of one user
     finds theirs within a scan budget of 2 entries (it used to read every live summary)."""
     live_store, _, send = _live_core(tmp_path)
@@ -549,9 +551,20 @@ def test_a_user_lookup_reads_only_that_users_open_sessions(tmp_path: Path) -> No
             send(f"other-session-{i:04d}", f"user{i}@example.com", T0 + i * 1000)
         send("daniel-session-1", DANIEL, T0 + 150_500)
         q = query.parse_query(_md({"user": DANIEL}))
+        parsed = []
+        loads = query.orjson.loads
+        monkeypatch.setattr(query.orjson, "loads", lambda raw: parsed.append(raw) or loads(raw))
         page, cursor = query.find_sessions(live_store, q, scan_budget=2)
+        monkeypatch.undo()
         assert [s["client_sid"] for s in page] == ["daniel-session-1"] and cursor is None
         assert page[0]["live"] is True
+        assert len(parsed) == 1, "only that user's open session is read"
+        # an open summary without index entries is not found: the lookup goes by the index
+        unindexed = dict(page[0], session_id="f" * 32, client_sid="unindexed-session")
+        live_store.write(lambda txn: txn.put(b"f" * 32, query.orjson.dumps(unindexed),
+                                             db=live_store.dbs["live"]))  # fmt: skip
+        page, _ = query.find_sessions(live_store, q)
+        assert [s["client_sid"] for s in page] == ["daniel-session-1"]
         # without a user, every open session is listed, newest first, across pages
         seen: list[str] = []
         cursor = None
@@ -602,10 +615,10 @@ def test_open_session_index_follows_its_user_tag_and_start_then_its_close(tmp_pa
 
 
 def test_a_stale_open_copy_of_a_closed_session_does_not_hide_it(tmp_path: Path) -> None:
-    """During a replay after a crash the sessionizer may publish a session as open whose
-    closed copy is already stored, with a later start (a late action moved it earlier before
-    the close): the list shows the closed copy, once."""
-    from collector.store import LIVE_INDEXES, live_index_keys
+    """An open entry of a session whose closed copy is stored too (not written by this
+    sessionizer; defended anyway), with a later start (a late action moved it earlier
+    before the close): the list shows the closed copy, once, whatever the page's budget."""
+    from collector.store import LIVE_INDEXES, live_index_keys, live_keys_value
 
     live_store, core, send = _live_core(tmp_path)
     try:
@@ -629,5 +642,24 @@ def test_a_stale_open_copy_of_a_closed_session_does_not_hide_it(tmp_path: Path) 
             assert [(s["session_id"], s["live"], s["start"]) for s in page] == [
                 (key, False, T0)
             ], params
+        # the same start for both copies, one entry examined per page: still listed
+        same_start = live_keys_value(T0, "shop", "ann@example.com")
+
+        def republish_at_close_start(txn: Any) -> None:
+            live_store._delete_keys(txn, LIVE_INDEXES, live_index_keys(key, made_of))
+            txn.put(key.encode(), same_start, db=live_store.dbs["live_keys"])
+            live_store._put_indexes(txn, LIVE_INDEXES, live_index_keys(key, same_start))
+
+        live_store.write(republish_at_close_start)
+        found: list[tuple[str, bool]] = []
+        cursor: str | None = None
+        while True:
+            params = {"user": "ann@example.com", **({"cursor": cursor} if cursor else {})}
+            page, cursor = query.find_sessions(live_store, query.parse_query(_md(params)),
+                                               scan_budget=1)  # fmt: skip
+            found += [(s["session_id"], s["live"]) for s in page]
+            if cursor is None:
+                break
+        assert found == [(key, False)]
     finally:
         live_store.close()
