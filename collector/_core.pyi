@@ -29,6 +29,8 @@ class IngestResult:
     actions: list[tuple[str, str, str, int]]  # (app, type, apdex category, count)
     errors: list[tuple[str, str, int]]  # (app, kind, count)
     vitals: list[tuple[str, str, float]]  # (app, name, value)
+    # more sessions were due than one call closes (max_closed_per_call): flush again
+    more_due: bool
 
 class Sessionizer:
     def __init__(self, settings: Mapping[str, Any] | Any | None = None) -> None: ...

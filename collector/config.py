@@ -283,6 +283,10 @@ class Settings:
     scrub_pii: bool = _setting("session", "scrub_pii", True, _parse_bool)
     scrub_patterns: tuple[str, ...] = _setting("session", "scrub_patterns", (), _parse_list)
     ua_cache_size: int = _setting("session", "ua_cache_size", 4096, _parse_int)
+    # Sessions the sessionizer closes for their timeout per core call and write transaction,
+    # at most: after a long outage every open session is due at once (~4.7 KiB each in
+    # memory until written).
+    max_closed_per_write: int = _setting("session", "max_closed_per_write", 10_000, _parse_int)
     # How often the sessionizer closes timed-out sessions (a tick in the WAL each time).
     flush_interval_ms: int = _setting("session", "flush_interval", 500, parse_duration_ms)
 
@@ -329,6 +333,7 @@ class Settings:
             "scrub_pii": self.scrub_pii,
             "scrub_patterns": list(self.scrub_patterns),
             "ua_cache_size": self.ua_cache_size,
+            "max_closed_per_call": self.max_closed_per_write,
         }
         if self.apdex:
             core["apdex"] = {
@@ -425,6 +430,7 @@ def _validate(s: Settings) -> None:
         except re.error as err:
             raise ConfigError(f"[session] scrub_patterns: {pattern!r}: {err}") from None
     check(s.ua_cache_size >= 0, "[session] ua_cache_size must be >= 0")
+    check(s.max_closed_per_write >= 1, "[session] max_closed_per_write must be at least 1")
     check(
         0 < s.flush_interval_ms <= 60_000,
         "[session] flush_interval must be within 1ms..60s",

@@ -103,6 +103,8 @@ class Pipeline:
         self._last_live_detail_ms = 0
         self._last_tick_ms = 0
         self._ingested_since_tick = False
+        self._more_due = False  # the last core call left due sessions for the next step
+        self._max_closed_per_write = settings.max_closed_per_write
         self._unwritten: list[ClosedSession] = []
         self._recover_target = 0
         self.recovering = True
@@ -245,31 +247,48 @@ class Pipeline:
 
     def _step(self, final: bool) -> StepOutcome:
         outcome = StepOutcome()
-        entries, outcome.more = self._store.read_wal(self._pos, READ_MAX_BYTES)
+        if self._more_due:
+            # The last core call left due sessions (`max_closed_per_write`): close the next
+            # ones, at the same clock, before any later WAL entry, and write them.
+            self._core_call(outcome, self._core.flush(self._clock))
+        entries: list[tuple[int, int, bytes]] = []
+        if self._more_due:
+            outcome.more = True
+        else:
+            entries, outcome.more = self._store.read_wal(self._pos, READ_MAX_BYTES)
         outcome.entries = len(entries)
         # The position advances with each core call that returned, so that a failure part
-        # way never feeds the core the same records twice.
+        # way never feeds the core the same records twice; after a call that left due
+        # sessions, the step ends there (its closed sessions are written, the next step
+        # closes more).
         chunk: list[bytes] = []
         for seq, kind, payload in entries:
             if kind == RECORDS:
                 chunk.append(payload)
             elif kind == TICK:
                 if chunk:
-                    outcome.results.append(self._ingest(chunk))
+                    self._core_call(outcome, self._ingest(chunk))
                     chunk = []
+                    self._pos = seq - 1
+                    if self._more_due:
+                        break
                 self._pos = seq - 1
                 self._clock = U64.unpack(payload)[0]
-                outcome.results.append(self._core.flush(self._clock))
+                self._core_call(outcome, self._core.flush(self._clock))
             else:
                 log.warning(
                     "skipping a WAL entry of unknown kind", extra={"seq": seq, "kind": kind}
                 )
             if not chunk:
                 self._pos = seq
-        if chunk:
-            outcome.results.append(self._ingest(chunk))
-        if entries:
-            self._pos = entries[-1][0]
+            if self._more_due:
+                break
+        else:
+            if chunk:
+                self._core_call(outcome, self._ingest(chunk))
+            if entries:
+                self._pos = entries[-1][0]
+        outcome.more = outcome.more or self._more_due
 
         outcome.open_sessions = self._core.open_count()
         now = wall_ms()
@@ -285,7 +304,13 @@ class Pipeline:
             and now - self._last_tick_ms >= self._flush_interval_ms
             and (self._ingested_since_tick or outcome.open_sessions > 0)
         )
-        checkpoint_due = self._pos > self._checkpoint_pos and (final or self._checkpoint_due(now))
+        # Not while due sessions wait (the state would hold them, and a restart would close
+        # them in other chunks); `final` (shutdown) flushes them first, see `_loop`.
+        checkpoint_due = (
+            self._pos > self._checkpoint_pos
+            and not self._more_due
+            and (final or self._checkpoint_due(now))
+        )
         if not (closed or live_due or tick_due or checkpoint_due or final):
             return outcome
 
@@ -333,6 +358,16 @@ class Pipeline:
         if self._wal_bytes >= max(self._checkpoint_bytes, MIN_CHECKPOINT_WAL_BYTES):
             return True
         return now - self._last_checkpoint_ms >= self._checkpoint_interval_ms
+
+    def _core_call(self, outcome: StepOutcome, result: IngestResult) -> None:
+        outcome.results.append(result)
+        if result.more_due and not self._more_due:
+            log.info(
+                "more sessions are due than one write closes (after an outage?): closing "
+                "them a write at a time",
+                extra={"max_closed_per_write": self._max_closed_per_write},
+            )
+        self._more_due = result.more_due
 
     def _ingest(self, chunk: list[bytes]) -> IngestResult:
         self._ingested_since_tick = True

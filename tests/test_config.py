@@ -118,6 +118,7 @@ def test_sizes(text: object, size: int):
         ({"RUMLINE_PORT": "http"}, "RUMLINE_PORT: 'http' is not an integer"),
         ({"RUMLINE_PORT": "70000"}, "port: 70000 is not a TCP port"),
         ({"RUMLINE_WORKERS": "0"}, "workers: 0 must be at least 1"),
+        ({"RUMLINE_SESSION_MAX_CLOSED_PER_WRITE": "0"}, "max_closed_per_write must be at least 1"),
         ({"RUMLINE_ALLOWED_ORIGINS": "shop.example.com"}, "is not an origin like"),
         ({"RUMLINE_LOG_FORMAT": "xml"}, "is not text or json"),
         ({"RUMLINE_INGEST_MAX_BODY": "lots"}, "is not a size"),

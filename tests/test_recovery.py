@@ -98,3 +98,30 @@ def test_open_sessions_of_a_store_without_live_indexes_are_indexed_at_start(
     status, found = again.get_json(path)
     assert status == 200
     assert [s["session_id"] for s in found["sessions"]] == [live["session_id"]]  # type: ignore[index]
+
+
+def test_sessions_all_due_after_an_outage_are_closed_a_write_at_a_time(
+    start_server: StartServer,
+) -> None:
+    """Open sessions restored after an outage longer than the timeout are all due at once
+    (here: restarted with a shorter timeout); they are closed `max_closed_per_write` at a time,
+    each stored exactly once, none left open."""
+    server = start_server(env={"RUMLINE_SESSION_TIMEOUT": "1h"})
+    beacons = [{"v": 1, "app": "outage", "sid": f"outage-session-{i:03d}",
+                "events": [{"type": "load", "name": "home", "dur": 100}]}
+               for i in range(50)]  # fmt: skip
+    assert server.request("POST", "/beacon", orjson.dumps(beacons))[0] == 204
+    assert server.terminate() == 0  # checkpointed: the 50 stay open
+
+    again = start_server(data_dir=server.data_dir, env={
+        "RUMLINE_SESSION_TIMEOUT": "1s", "RUMLINE_SESSION_MAX_CLOSED_PER_WRITE": "7"})  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, body = again.get_json("/api/v1/sessions?app=outage&limit=100")
+        sessions = body["sessions"]  # type: ignore[index]
+        if len(sessions) == 50 and not any(s["live"] for s in sessions):
+            break
+        time.sleep(0.1)
+    assert sorted(s["client_sid"] for s in sessions) == [b["sid"] for b in beacons]
+    assert {s["end_reason"] for s in sessions} == {"timeout"}
+    assert "more sessions are due than one write closes" in again.log()

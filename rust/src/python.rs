@@ -78,6 +78,9 @@ pub struct IngestResult {
     errors: Py<PyList>,
     #[pyo3(get)]
     vitals: Py<PyList>,
+    /// More sessions are due than one call closes (`max_closed_per_call`): flush again.
+    #[pyo3(get)]
+    more_due: bool,
 }
 
 fn output_to_py(py: Python<'_>, out: Output) -> PyResult<IngestResult> {
@@ -99,6 +102,7 @@ fn output_to_py(py: Python<'_>, out: Output) -> PyResult<IngestResult> {
         actions: PyList::new(py, m.actions.into_iter().map(|((app, t, a), n)| (app, t, a, n)))?.unbind(),
         errors: PyList::new(py, m.errors.into_iter().map(|((app, k), n)| (app, k, n)))?.unbind(),
         vitals: PyList::new(py, m.vitals)?.unbind(),
+        more_due: out.more_due,
     })
 }
 
@@ -142,7 +146,8 @@ impl Sessionizer {
         output_to_py(py, out)
     }
 
-    /// Closes every session due at `now_ms`.
+    /// Closes the sessions due at `now_ms`, the earliest due first, at most
+    /// `max_closed_per_call` of them (`more_due` says whether more are).
     fn flush(&mut self, py: Python<'_>, now_ms: i64) -> PyResult<IngestResult> {
         let inner = &mut self.inner;
         let out = py.detach(|| inner.flush(now_ms));

@@ -24,6 +24,8 @@ pub struct Output {
     pub events: u64,
     pub dropped: BTreeMap<&'static str, u64>,
     pub metrics: SessionMetrics,
+    /// More sessions were due than `max_closed_per_call`: call `flush` again (same `now`).
+    pub more_due: bool,
 }
 
 /// The part counter a closed session leaves behind for its key.
@@ -152,6 +154,7 @@ impl Sessionizer {
         let due = self.flush(now);
         out.closed.extend(due.closed);
         out.metrics.merge(due.metrics);
+        out.more_due = due.more_due;
         out
     }
 
@@ -426,13 +429,18 @@ impl Sessionizer {
         self.tombstones.retain(|_, t| t.last_recv > boundary);
     }
 
-    /// Closes every session that is due at `now`, sorted by session id; forgets old tombstones.
+    /// Closes the sessions that are due at `now`, sorted by session id: the earliest due
+    /// first, at most `max_closed_per_call` (then `more_due` is set); forgets old tombstones.
     pub fn flush(&mut self, now: i64) -> Output {
         let mut out = Output::default();
         let timeout = self.settings.timeout_ms as i64;
         let max_duration = self.settings.max_duration_ms as i64;
         let mut due: Vec<(String, String, EndReason)> = Vec::new();
         while self.due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            if due.len() == self.settings.max_closed_per_call {
+                out.more_due = true;
+                break;
+            }
             let Some(Reverse((t, key))) = self.due.pop() else { break };
             // an entry of a session closed since, or an older one of a session queued again
             let Some(s) = self.open.get_mut(&key).filter(|s| s.queued == t) else { continue };
@@ -873,6 +881,47 @@ mod tests {
         }
         let out = s.flush(T0 + 300_000);
         assert_eq!(only(&out).end_reason, Some(EndReason::DurationLimit));
+    }
+
+    #[test]
+    fn a_flush_closes_at_most_max_closed_per_call_and_says_more_are_due() {
+        let stream = |s: &mut Sessionizer| {
+            const SIDS: [&str; 10] = ["sid-0000", "sid-0001", "sid-0002", "sid-0003", "sid-0004", "sid-0005", "sid-0006", "sid-0007", "sid-0008", "sid-0009"];
+            for (i, sid) in (0..).zip(SIDS) {
+                run(s, &[beacon(T0 + i).sid(sid).ev(action("load", T0 + i, 100.0))], T0 + i);
+            }
+        };
+        let mut whole = core(json!({"timeout_ms": 60_000}));
+        stream(&mut whole);
+        let all = whole.flush(T0 + 10 * MIN);
+        assert_eq!((all.closed.len(), all.more_due), (10, false));
+
+        let mut bounded = core(json!({"timeout_ms": 60_000, "max_closed_per_call": 3}));
+        stream(&mut bounded);
+        // a beacon after the outage: its ingest closes the 3 earliest due, then flush the rest
+        let out = run(&mut bounded, &[beacon(T0 + 10 * MIN).sid("sid-late")], T0 + 10 * MIN);
+        let (mut got, mut calls) = (Vec::new(), vec![(out.closed.len(), out.more_due)]);
+        got.extend(out.closed);
+        loop {
+            let out = bounded.flush(T0 + 10 * MIN);
+            calls.push((out.closed.len(), out.more_due));
+            got.extend(out.closed);
+            if !calls.last().unwrap().1 {
+                break;
+            }
+        }
+        assert_eq!(calls, [(3, true), (3, true), (3, true), (1, false)]);
+        let mut first: Vec<String> = got[..3].iter().map(|c| summary(c)["client_sid"].as_str().unwrap().to_owned()).collect();
+        first.sort();
+        assert_eq!(first, ["sid-0000", "sid-0001", "sid-0002"], "the earliest due first");
+        // the same sessions, byte for byte, whatever the chunks
+        let bytes = |c: &[Closed]| {
+            let mut v: Vec<(String, Vec<u8>, Vec<u8>)> = c.iter().map(|c| (c.session_id.clone(), c.summary.clone(), c.detail.clone())).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(bytes(&got), bytes(&all.closed));
+        assert_eq!(bounded.open_count(), 1, "the late beacon's session stays open");
     }
 
     #[test]
