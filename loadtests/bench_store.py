@@ -433,7 +433,11 @@ class StoreBuilder:
                 m.generated += n
                 m.next_recv = reqs[-1][0] + int(gap)
                 records, _ = framed(reqs)
-                closed = self.core.ingest(records, reqs[-1][0]).closed
+                result = self.core.ingest(records, reqs[-1][0])
+                closed = result.closed
+                while result.more_due:  # more than one call closes (max_closed_per_call)
+                    result = self.core.flush(reqs[-1][0])
+                    closed += result.closed
                 store.write(lambda txn, closed=closed: [store.put_closed(txn, s) for s in closed])
                 m.stored += len(closed)
                 for s in self.rng.sample(closed, min(len(closed), 50)):
