@@ -200,6 +200,24 @@ mod tests {
         // (the sessionizer's `clean` scrubs it: `pii_is_scrubbed_from_urls_names_and_messages`)
     }
 
+    /// Two records as `prepare` wrote them at commit fb143ce (version 2, before any change
+    /// of the layout), and what they decode to there: WAL records already on disk are
+    /// replayed after an upgrade, so they must keep decoding to the same beacons.
+    #[test]
+    fn records_written_by_fb143ce_decode_the_same() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wal_v2_fb143ce");
+        let hex = std::fs::read_to_string(format!("{dir}.hex")).unwrap();
+        let hex = hex.trim();
+        let wal: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let mut got = String::new();
+        for r in crate::record::records(&wal) {
+            let r = r.unwrap();
+            let beacons = decode(r.payload).unwrap();
+            got += &format!("{} {} {} {:?} {:?}\n{beacons:#?}\n", r.version, r.flags, r.recv_ms, r.ip, r.user_agent);
+        }
+        assert_eq!(got, std::fs::read_to_string(format!("{dir}.decoded.txt")).unwrap());
+    }
+
     #[test]
     fn damaged_payloads_are_refused() {
         let bytes = encode(&envelopes(BODY, 500).unwrap().into_parsed(), Vec::new());
