@@ -1,6 +1,6 @@
 //! One user session: what it accumulates from beacons and how it is finalized (docs §5–§7).
 use crate::apdex::{self, ApdexCategory, ApdexCounts, Thresholds};
-use crate::beacon::{ActionEvent, ActionType, ErrorKind, Resource};
+use crate::beacon::{ActionType, ErrorKind};
 use crate::intern::{hash_fields, HashState, Table, TableHash};
 use crate::settings::Settings;
 use crate::json::JsonWriter;
@@ -280,12 +280,6 @@ impl Shared {
         self.action_key_marked(hash, &clean_name, clean_url.as_deref(), method, verbatim)
     }
 
-    /// The shared key of an action's name, URL and method (cleaned).
-    fn action_key(&mut self, name: &str, url: Option<&str>, method: Option<&str>) -> Arc<ActionKey> {
-        let hash = action_key_hash(self.keys.state(), name, url, method);
-        self.action_key_marked(hash, name, url, method, false)
-    }
-
     fn action_key_marked(&mut self, hash: u64, name: &str, url: Option<&str>, method: Option<&str>, verbatim: bool) -> Arc<ActionKey> {
         self.keys.find_or_mark(
             hash,
@@ -322,13 +316,18 @@ impl Shared {
                     && x.timing_keys.iter().zip(keys()).all(|(a, b)| **a == *b)
                     && x.resources.iter().zip(resources).all(|((u, i), r)| u.as_deref() == r.url.as_deref() && i.as_deref() == r.initiator)
             },
-            || {
-                Arc::new(ExtraShape {
-                    timing_keys: keys().map(Into::into).collect(),
-                    resources: res().map(|(u, i)| (u.map(Into::into), i.map(Into::into))).collect(),
-                })
-            },
+            || Arc::new(ExtraShape::of(timings, resources)),
         )
+    }
+}
+
+impl ExtraShape {
+    /// The shape of an action's timings and resources, its own copy.
+    fn of<K: AsRef<str>>(timings: &[(K, f64)], resources: &[ResourceIn]) -> ExtraShape {
+        ExtraShape {
+            timing_keys: timings.iter().map(|(k, _)| k.as_ref().into()).collect(),
+            resources: resources.iter().map(|r| (r.url.as_deref().map(Into::into), r.initiator.map(Into::into))).collect(),
+        }
     }
 }
 
@@ -396,29 +395,21 @@ impl Action {
         })
     }
 
-    /// Makes the action of an owned event (a checkpoint's), its text shared through `shared`.
-    pub fn new(e: ActionEvent, page: u32, t: i64, shared: &mut Shared) -> Action {
-        let resources: Vec<ResourceIn> = e
-            .resources
-            .iter()
-            .map(|r| ResourceIn { url: r.url.as_deref().map(Cow::Borrowed), initiator: r.initiator.as_deref(), start: r.start, dur: r.dur, status: r.status, size: r.size })
-            .collect();
-        let input = ActionIn {
-            kind: e.kind,
-            key: shared.action_key(&e.name, e.url.as_deref(), e.method.as_deref()),
-            dur: e.dur,
-            status: e.status,
-            traceparent: e.traceparent.as_deref(),
-            timings: &e.timings,
-            resources: &resources,
-        };
-        Action::from_input(&input, page, t, shared)
-    }
-
     /// Makes the action of an event's fields, its text shared through `shared`: text the
     /// tables have already is not copied.
     pub fn from_input<K: AsRef<str>>(e: &ActionIn<K>, page: u32, t: i64, shared: &mut Shared) -> Action {
         let trace = e.traceparent.and_then(TraceParent::parse).unwrap_or_default();
+        Action::with_shape(e, trace, page, t, || shared.shape(e.timings, e.resources))
+    }
+
+    /// The action of a checkpoint's fields (its traceparent parsed), its text not shared yet:
+    /// [`Session::share`] shares it. Made without a table (a table per action was most of
+    /// what restoring an action cost).
+    fn unshared<K: AsRef<str>>(e: &ActionIn<K>, trace: TraceParent, page: u32, t: i64) -> Action {
+        Action::with_shape(e, trace, page, t, || Arc::new(ExtraShape::of(e.timings, e.resources)))
+    }
+
+    fn with_shape<K: AsRef<str>>(e: &ActionIn<K>, trace: TraceParent, page: u32, t: i64, shape: impl FnOnce() -> Arc<ExtraShape>) -> Action {
         let has_extra = trace.is_some() || !e.timings.is_empty() || !e.resources.is_empty();
         let extra = has_extra.then(|| {
             let mut numbers = Vec::with_capacity(e.timings.len() + 4 * e.resources.len());
@@ -427,7 +418,7 @@ impl Action {
                 numbers.extend([none_nan(r.start), none_nan(r.dur), none_nan(r.status.map(f64::from)), none_nan(r.size)]);
             }
             let (numbers, wide) = Numbers::encode(&numbers);
-            Box::new(ActionExtra { shape: shared.shape(e.timings, e.resources), numbers, trace, wide })
+            Box::new(ActionExtra { shape: shape(), numbers, trace, wide })
         });
         Action { t, dur: e.dur, key: Arc::clone(&e.key), extra, page, status: e.status.unwrap_or(NO_STATUS), kind: e.kind }
     }
@@ -463,23 +454,37 @@ struct ResourceView<'a> {
 /// An action in checkpoints, in the layout of checkpoints before text was shared (so
 /// `RLCKPT02` checkpoints stay readable both ways).
 #[derive(Serialize, Deserialize)]
-struct ActionWire<S, R> {
+struct ActionWire<S, R, P> {
     t: i64,
     dur: f64,
     name: S,
     url: Option<S>,
-    extra: Option<ExtraWire<S, R>>,
+    extra: Option<ExtraWire<S, R, P>>,
     page: u32,
     status: Option<u16>,
     kind: ActionType,
 }
 
 #[derive(Serialize, Deserialize)]
-struct ExtraWire<S, R> {
+struct ExtraWire<S, R, P> {
     method: Option<S>,
-    traceparent: Option<String>,
+    /// the text of a valid traceparent
+    traceparent: Option<P>,
     timings: Vec<(S, f64)>,
     resources: Vec<R>,
+}
+
+/// A resource in checkpoints (the layout of `beacon::Resource`), its text borrowed.
+#[derive(Deserialize)]
+struct ResourceWire<'a> {
+    #[serde(borrow)]
+    url: Option<&'a str>,
+    #[serde(borrow)]
+    initiator: Option<&'a str>,
+    start: Option<f64>,
+    dur: Option<f64>,
+    status: Option<u16>,
+    size: Option<f64>,
 }
 
 impl Serialize for Action {
@@ -498,17 +503,25 @@ impl Serialize for Action {
 
 impl<'de> Deserialize<'de> for Action {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
-        let w = ActionWire::<String, Resource>::deserialize(d)?;
+        // The text borrowed from the checkpoint's bytes (postcard reads a string in place; a
+        // checkpoint is always restored from bytes): copied once, into the action's own key
+        // and shape, until `Session::share` swaps them for the shared ones.
+        let w = ActionWire::<&'de str, ResourceWire<'de>, &'de str>::deserialize(d)?;
         let (method, traceparent, timings, resources) = match w.extra {
             Some(x) => (x.method, x.traceparent, x.timings, x.resources),
             None => (None, None, Vec::new(), Vec::new()),
         };
-        if traceparent.as_deref().is_some_and(|t| TraceParent::parse(t).is_none()) {
-            return Err(serde::de::Error::custom("an invalid traceparent"));
-        }
-        let e = ActionEvent { kind: w.kind, name: w.name, url: w.url, method, dur: w.dur, status: w.status, traceparent, timings, resources };
-        // unshared until the sessionizer shares it (`Session::share`)
-        Ok(Action::new(e, w.page, w.t, &mut Shared::default()))
+        let trace = match traceparent {
+            None => TraceParent::default(),
+            Some(t) => TraceParent::parse(t).ok_or_else(|| serde::de::Error::custom("an invalid traceparent"))?,
+        };
+        let resources: Vec<ResourceIn> = resources
+            .into_iter()
+            .map(|r| ResourceIn { url: r.url.map(Cow::Borrowed), initiator: r.initiator, start: r.start, dur: r.dur, status: r.status, size: r.size })
+            .collect();
+        let key = Arc::new(ActionKey { name: w.name.into(), url: w.url.map(Into::into), method: method.map(Into::into) });
+        let input = ActionIn { kind: w.kind, key, dur: w.dur, status: w.status, traceparent: None, timings: &timings, resources: &resources };
+        Ok(Action::unshared(&input, trace, w.page, w.t))
     }
 }
 
