@@ -9,6 +9,7 @@ use crate::ux::{self, UxScore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -244,6 +245,22 @@ pub struct Shared {
     pub strings: Table<str>,
 }
 
+thread_local! {
+    /// The tables a checkpoint's actions share their text through while serde builds the
+    /// sessions (see [`Shared::restoring`]): serde's derive passes no context down to
+    /// `Action::deserialize`, and a `DeserializeSeed` would repeat every field of `Session`.
+    static RESTORING: RefCell<Option<Shared>> = const { RefCell::new(None) };
+}
+
+/// Gives the tables back to the restore that lent them, also when deserializing panics.
+struct Lent<'a>(&'a mut Shared);
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        *self.0 = RESTORING.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    }
+}
+
 /// Whether `cleaned` (scrubbed, truncated) is `raw` unchanged: the same bytes, not a copy
 /// (scrubbing borrows the text when nothing matched, truncating keeps a borrowed prefix).
 fn unchanged(raw: &str, cleaned: &str) -> bool {
@@ -287,6 +304,21 @@ impl Shared {
             || Arc::new(ActionKey { name: name.into(), url: url.map(Into::into), method: method.map(Into::into) }),
             verbatim,
         )
+    }
+
+    /// Runs `deserialize` (a checkpoint's) with its actions taking their text from these
+    /// tables as they are made: text the tables have already is neither copied nor hashed
+    /// again later. The tables are this thread's only while `deserialize` runs.
+    pub fn restoring<R>(&mut self, deserialize: impl FnOnce() -> R) -> R {
+        RESTORING.with(|r| *r.borrow_mut() = Some(std::mem::take(self)));
+        let _back = Lent(self);
+        deserialize()
+    }
+
+    /// The shared key of an action's name, URL and method (cleaned).
+    fn action_key(&mut self, name: &str, url: Option<&str>, method: Option<&str>) -> Arc<ActionKey> {
+        let hash = action_key_hash(self.keys.state(), name, url, method);
+        self.action_key_marked(hash, name, url, method, false)
     }
 
     /// A page URL as sent, scrubbed and truncated by `clean`, unless it matches a shared
@@ -402,9 +434,9 @@ impl Action {
         Action::with_shape(e, trace, page, t, || shared.shape(e.timings, e.resources))
     }
 
-    /// The action of a checkpoint's fields (its traceparent parsed), its text not shared yet:
-    /// [`Session::share`] shares it. Made without a table (a table per action was most of
-    /// what restoring an action cost).
+    /// The action of a checkpoint's fields (its traceparent parsed) read outside
+    /// [`Shared::restoring`]: its text its own, made without a table (a table per action was
+    /// most of what restoring an action cost before `restoring`).
     fn unshared<K: AsRef<str>>(e: &ActionIn<K>, trace: TraceParent, page: u32, t: i64) -> Action {
         Action::with_shape(e, trace, page, t, || Arc::new(ExtraShape::of(e.timings, e.resources)))
     }
@@ -423,13 +455,6 @@ impl Action {
         Action { t, dur: e.dur, key: Arc::clone(&e.key), extra, page, status: e.status.unwrap_or(NO_STATUS), kind: e.kind }
     }
 
-    /// The same action with its text shared through `shared` (after a restore).
-    fn share(&mut self, shared: &mut Shared) {
-        self.key = shared.keys.share(&self.key);
-        if let Some(x) = &mut self.extra {
-            x.shape = shared.shapes.share(&x.shape);
-        }
-    }
 }
 
 fn none_nan(v: Option<f64>) -> f64 {
@@ -504,8 +529,8 @@ impl Serialize for Action {
 impl<'de> Deserialize<'de> for Action {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
         // The text borrowed from the checkpoint's bytes (postcard reads a string in place; a
-        // checkpoint is always restored from bytes): copied once, into the action's own key
-        // and shape, until `Session::share` swaps them for the shared ones.
+        // checkpoint is always restored from bytes), then found in the shared tables (copied
+        // only when they do not have it).
         let w = ActionWire::<&'de str, ResourceWire<'de>, &'de str>::deserialize(d)?;
         let (method, traceparent, timings, resources) = match w.extra {
             Some(x) => (x.method, x.traceparent, x.timings, x.resources),
@@ -519,9 +544,18 @@ impl<'de> Deserialize<'de> for Action {
             .into_iter()
             .map(|r| ResourceIn { url: r.url.map(Cow::Borrowed), initiator: r.initiator, start: r.start, dur: r.dur, status: r.status, size: r.size })
             .collect();
-        let key = Arc::new(ActionKey { name: w.name.into(), url: w.url.map(Into::into), method: method.map(Into::into) });
-        let input = ActionIn { kind: w.kind, key, dur: w.dur, status: w.status, traceparent: None, timings: &timings, resources: &resources };
-        Ok(Action::unshared(&input, trace, w.page, w.t))
+        let action = RESTORING.with(|r| {
+            if let Some(shared) = r.borrow_mut().as_mut() {
+                let key = shared.action_key(w.name, w.url, method);
+                let input = ActionIn { kind: w.kind, key, dur: w.dur, status: w.status, traceparent: None, timings: &timings, resources: &resources };
+                Action::with_shape(&input, trace, w.page, w.t, || shared.shape(&timings, &resources))
+            } else {
+                let key = Arc::new(ActionKey { name: w.name.into(), url: w.url.map(Into::into), method: method.map(Into::into) });
+                let input = ActionIn { kind: w.kind, key, dur: w.dur, status: w.status, traceparent: None, timings: &timings, resources: &resources };
+                Action::unshared(&input, trace, w.page, w.t)
+            }
+        });
+        Ok(action)
     }
 }
 
@@ -727,11 +761,9 @@ impl Session {
         self.vitals.push(VitalRec { name: shared.strings.str(name), value, t });
     }
 
-    /// Shares the text of a session restored from a checkpoint through `shared`.
+    /// Shares the text of a session restored from a checkpoint through `shared`; its actions
+    /// took theirs from `shared` as they were read ([`Shared::restoring`]).
     pub fn share(&mut self, shared: &mut Shared) {
-        for a in &mut self.actions {
-            a.share(shared);
-        }
         for p in &mut self.pages {
             *p = shared.strings.share(p);
         }
