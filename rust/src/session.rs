@@ -1,6 +1,6 @@
 //! One user session: what it accumulates from beacons and how it is finalized (docs §5–§7).
 use crate::apdex::{self, ApdexCategory, ApdexCounts, Thresholds};
-use crate::beacon::{ActionEvent, ActionType, ErrorKind, Resource};
+use crate::beacon::{ActionType, ErrorKind};
 use crate::intern::{hash_fields, HashState, Table, TableHash};
 use crate::settings::Settings;
 use crate::json::JsonWriter;
@@ -9,6 +9,7 @@ use crate::ux::{self, UxScore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -244,6 +245,22 @@ pub struct Shared {
     pub strings: Table<str>,
 }
 
+thread_local! {
+    /// The tables a checkpoint's actions share their text through while serde builds the
+    /// sessions (see [`Shared::restoring`]): serde's derive passes no context down to
+    /// `Action::deserialize`, and a `DeserializeSeed` would repeat every field of `Session`.
+    static RESTORING: RefCell<Option<Shared>> = const { RefCell::new(None) };
+}
+
+/// Gives the tables back to the restore that lent them, also when deserializing panics.
+struct Lent<'a>(&'a mut Shared);
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        *self.0 = RESTORING.with(|r| r.borrow_mut().take()).unwrap_or_default();
+    }
+}
+
 /// Whether `cleaned` (scrubbed, truncated) is `raw` unchanged: the same bytes, not a copy
 /// (scrubbing borrows the text when nothing matched, truncating keeps a borrowed prefix).
 fn unchanged(raw: &str, cleaned: &str) -> bool {
@@ -280,12 +297,6 @@ impl Shared {
         self.action_key_marked(hash, &clean_name, clean_url.as_deref(), method, verbatim)
     }
 
-    /// The shared key of an action's name, URL and method (cleaned).
-    fn action_key(&mut self, name: &str, url: Option<&str>, method: Option<&str>) -> Arc<ActionKey> {
-        let hash = action_key_hash(self.keys.state(), name, url, method);
-        self.action_key_marked(hash, name, url, method, false)
-    }
-
     fn action_key_marked(&mut self, hash: u64, name: &str, url: Option<&str>, method: Option<&str>, verbatim: bool) -> Arc<ActionKey> {
         self.keys.find_or_mark(
             hash,
@@ -293,6 +304,21 @@ impl Shared {
             || Arc::new(ActionKey { name: name.into(), url: url.map(Into::into), method: method.map(Into::into) }),
             verbatim,
         )
+    }
+
+    /// Runs `deserialize` (a checkpoint's) with its actions taking their text from these
+    /// tables as they are made: text the tables have already is neither copied nor hashed
+    /// again later. The tables are this thread's only while `deserialize` runs.
+    pub fn restoring<R>(&mut self, deserialize: impl FnOnce() -> R) -> R {
+        RESTORING.with(|r| *r.borrow_mut() = Some(std::mem::take(self)));
+        let _back = Lent(self);
+        deserialize()
+    }
+
+    /// The shared key of an action's name, URL and method (cleaned).
+    fn action_key(&mut self, name: &str, url: Option<&str>, method: Option<&str>) -> Arc<ActionKey> {
+        let hash = action_key_hash(self.keys.state(), name, url, method);
+        self.action_key_marked(hash, name, url, method, false)
     }
 
     /// A page URL as sent, scrubbed and truncated by `clean`, unless it matches a shared
@@ -322,13 +348,18 @@ impl Shared {
                     && x.timing_keys.iter().zip(keys()).all(|(a, b)| **a == *b)
                     && x.resources.iter().zip(resources).all(|((u, i), r)| u.as_deref() == r.url.as_deref() && i.as_deref() == r.initiator)
             },
-            || {
-                Arc::new(ExtraShape {
-                    timing_keys: keys().map(Into::into).collect(),
-                    resources: res().map(|(u, i)| (u.map(Into::into), i.map(Into::into))).collect(),
-                })
-            },
+            || Arc::new(ExtraShape::of(timings, resources)),
         )
+    }
+}
+
+impl ExtraShape {
+    /// The shape of an action's timings and resources, its own copy.
+    fn of<K: AsRef<str>>(timings: &[(K, f64)], resources: &[ResourceIn]) -> ExtraShape {
+        ExtraShape {
+            timing_keys: timings.iter().map(|(k, _)| k.as_ref().into()).collect(),
+            resources: resources.iter().map(|r| (r.url.as_deref().map(Into::into), r.initiator.map(Into::into))).collect(),
+        }
     }
 }
 
@@ -396,29 +427,21 @@ impl Action {
         })
     }
 
-    /// Makes the action of an owned event (a checkpoint's), its text shared through `shared`.
-    pub fn new(e: ActionEvent, page: u32, t: i64, shared: &mut Shared) -> Action {
-        let resources: Vec<ResourceIn> = e
-            .resources
-            .iter()
-            .map(|r| ResourceIn { url: r.url.as_deref().map(Cow::Borrowed), initiator: r.initiator.as_deref(), start: r.start, dur: r.dur, status: r.status, size: r.size })
-            .collect();
-        let input = ActionIn {
-            kind: e.kind,
-            key: shared.action_key(&e.name, e.url.as_deref(), e.method.as_deref()),
-            dur: e.dur,
-            status: e.status,
-            traceparent: e.traceparent.as_deref(),
-            timings: &e.timings,
-            resources: &resources,
-        };
-        Action::from_input(&input, page, t, shared)
-    }
-
     /// Makes the action of an event's fields, its text shared through `shared`: text the
     /// tables have already is not copied.
     pub fn from_input<K: AsRef<str>>(e: &ActionIn<K>, page: u32, t: i64, shared: &mut Shared) -> Action {
         let trace = e.traceparent.and_then(TraceParent::parse).unwrap_or_default();
+        Action::with_shape(e, trace, page, t, || shared.shape(e.timings, e.resources))
+    }
+
+    /// The action of a checkpoint's fields (its traceparent parsed) read outside
+    /// [`Shared::restoring`]: its text its own, made without a table (a table per action was
+    /// most of what restoring an action cost before `restoring`).
+    fn unshared<K: AsRef<str>>(e: &ActionIn<K>, trace: TraceParent, page: u32, t: i64) -> Action {
+        Action::with_shape(e, trace, page, t, || Arc::new(ExtraShape::of(e.timings, e.resources)))
+    }
+
+    fn with_shape<K: AsRef<str>>(e: &ActionIn<K>, trace: TraceParent, page: u32, t: i64, shape: impl FnOnce() -> Arc<ExtraShape>) -> Action {
         let has_extra = trace.is_some() || !e.timings.is_empty() || !e.resources.is_empty();
         let extra = has_extra.then(|| {
             let mut numbers = Vec::with_capacity(e.timings.len() + 4 * e.resources.len());
@@ -427,18 +450,11 @@ impl Action {
                 numbers.extend([none_nan(r.start), none_nan(r.dur), none_nan(r.status.map(f64::from)), none_nan(r.size)]);
             }
             let (numbers, wide) = Numbers::encode(&numbers);
-            Box::new(ActionExtra { shape: shared.shape(e.timings, e.resources), numbers, trace, wide })
+            Box::new(ActionExtra { shape: shape(), numbers, trace, wide })
         });
         Action { t, dur: e.dur, key: Arc::clone(&e.key), extra, page, status: e.status.unwrap_or(NO_STATUS), kind: e.kind }
     }
 
-    /// The same action with its text shared through `shared` (after a restore).
-    fn share(&mut self, shared: &mut Shared) {
-        self.key = shared.keys.share(&self.key);
-        if let Some(x) = &mut self.extra {
-            x.shape = shared.shapes.share(&x.shape);
-        }
-    }
 }
 
 fn none_nan(v: Option<f64>) -> f64 {
@@ -463,23 +479,37 @@ struct ResourceView<'a> {
 /// An action in checkpoints, in the layout of checkpoints before text was shared (so
 /// `RLCKPT02` checkpoints stay readable both ways).
 #[derive(Serialize, Deserialize)]
-struct ActionWire<S, R> {
+struct ActionWire<S, R, P> {
     t: i64,
     dur: f64,
     name: S,
     url: Option<S>,
-    extra: Option<ExtraWire<S, R>>,
+    extra: Option<ExtraWire<S, R, P>>,
     page: u32,
     status: Option<u16>,
     kind: ActionType,
 }
 
 #[derive(Serialize, Deserialize)]
-struct ExtraWire<S, R> {
+struct ExtraWire<S, R, P> {
     method: Option<S>,
-    traceparent: Option<String>,
+    /// the text of a valid traceparent
+    traceparent: Option<P>,
     timings: Vec<(S, f64)>,
     resources: Vec<R>,
+}
+
+/// A resource in checkpoints (the layout of `beacon::Resource`), its text borrowed.
+#[derive(Deserialize)]
+struct ResourceWire<'a> {
+    #[serde(borrow)]
+    url: Option<&'a str>,
+    #[serde(borrow)]
+    initiator: Option<&'a str>,
+    start: Option<f64>,
+    dur: Option<f64>,
+    status: Option<u16>,
+    size: Option<f64>,
 }
 
 impl Serialize for Action {
@@ -498,17 +528,34 @@ impl Serialize for Action {
 
 impl<'de> Deserialize<'de> for Action {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
-        let w = ActionWire::<String, Resource>::deserialize(d)?;
+        // The text borrowed from the checkpoint's bytes (postcard reads a string in place; a
+        // checkpoint is always restored from bytes), then found in the shared tables (copied
+        // only when they do not have it).
+        let w = ActionWire::<&'de str, ResourceWire<'de>, &'de str>::deserialize(d)?;
         let (method, traceparent, timings, resources) = match w.extra {
             Some(x) => (x.method, x.traceparent, x.timings, x.resources),
             None => (None, None, Vec::new(), Vec::new()),
         };
-        if traceparent.as_deref().is_some_and(|t| TraceParent::parse(t).is_none()) {
-            return Err(serde::de::Error::custom("an invalid traceparent"));
-        }
-        let e = ActionEvent { kind: w.kind, name: w.name, url: w.url, method, dur: w.dur, status: w.status, traceparent, timings, resources };
-        // unshared until the sessionizer shares it (`Session::share`)
-        Ok(Action::new(e, w.page, w.t, &mut Shared::default()))
+        let trace = match traceparent {
+            None => TraceParent::default(),
+            Some(t) => TraceParent::parse(t).ok_or_else(|| serde::de::Error::custom("an invalid traceparent"))?,
+        };
+        let resources: Vec<ResourceIn> = resources
+            .into_iter()
+            .map(|r| ResourceIn { url: r.url.map(Cow::Borrowed), initiator: r.initiator, start: r.start, dur: r.dur, status: r.status, size: r.size })
+            .collect();
+        let action = RESTORING.with(|r| {
+            if let Some(shared) = r.borrow_mut().as_mut() {
+                let key = shared.action_key(w.name, w.url, method);
+                let input = ActionIn { kind: w.kind, key, dur: w.dur, status: w.status, traceparent: None, timings: &timings, resources: &resources };
+                Action::with_shape(&input, trace, w.page, w.t, || shared.shape(&timings, &resources))
+            } else {
+                let key = Arc::new(ActionKey { name: w.name.into(), url: w.url.map(Into::into), method: method.map(Into::into) });
+                let input = ActionIn { kind: w.kind, key, dur: w.dur, status: w.status, traceparent: None, timings: &timings, resources: &resources };
+                Action::unshared(&input, trace, w.page, w.t)
+            }
+        });
+        Ok(action)
     }
 }
 
@@ -714,11 +761,9 @@ impl Session {
         self.vitals.push(VitalRec { name: shared.strings.str(name), value, t });
     }
 
-    /// Shares the text of a session restored from a checkpoint through `shared`.
+    /// Shares the text of a session restored from a checkpoint through `shared`; its actions
+    /// took theirs from `shared` as they were read ([`Shared::restoring`]).
     pub fn share(&mut self, shared: &mut Shared) {
-        for a in &mut self.actions {
-            a.share(shared);
-        }
         for p in &mut self.pages {
             *p = shared.strings.share(p);
         }

@@ -522,8 +522,12 @@ impl Sessionizer {
         let body = bytes
             .strip_prefix(STATE_MAGIC.as_slice())
             .ok_or_else(|| CoreError::Checkpoint("not a checkpoint of this version".into()))?;
-        let (state, rest): (State, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| CoreError::Checkpoint(e.to_string()))?;
+        // the actions take their text from the shared tables as they are read (on an error,
+        // the tables keep what they gained: values no session holds, pruned in time)
+        let (state, rest): (State, &[u8]) = self
+            .shared
+            .restoring(|| postcard::take_from_bytes(body))
+            .map_err(|e| CoreError::Checkpoint(e.to_string()))?;
         if !rest.is_empty() {
             return Err(CoreError::Checkpoint("trailing bytes after the state".into()));
         }

@@ -1,9 +1,9 @@
 //! Beacons parsed and validated, before the steps that depend on the sessionizer's settings:
 //! what a version-2 WAL record carries (docs §1).
 //!
-//! `prepare` parses each request's JSON once into these types and stores them in postcard
-//! (compact, positional: a string is its length and its bytes, a number 8 bytes), so `ingest`
-//! reads them back without parsing JSON again. PII scrubbing (and truncating the scrubbed text,
+//! `prepare` parses each request's JSON once into these types and stores them packed (all the
+//! text in one block, then the structure: `wire/packed.rs`; records before it hold postcard),
+//! so `ingest` reads them back without parsing JSON again. PII scrubbing (and truncating the scrubbed text,
 //! which comes after it) depends on the sessionizer's settings: those fields are stored as sent
 //! and finished by the sessionizer when it applies the beacon. Everything else is already checked and
 //! truncated. The types are generic over the string: `Cow<str>` when built from JSON, `&str`
@@ -75,17 +75,36 @@ pub struct ParsedResource<S> {
     pub size: Option<f64>,
 }
 
-/// Appends the postcard form of a request's beacons to `out`.
-pub fn encode<S: Serialize>(beacons: &[ParsedBeacon<S>], out: Vec<u8>) -> Vec<u8> {
+mod packed;
+
+/// Appends the packed form of a request's beacons to `out` (see `wire/packed.rs`).
+pub fn encode<S: AsRef<str>>(beacons: &[ParsedBeacon<S>], out: Vec<u8>) -> Vec<u8> {
+    packed::encode(beacons, out)
+}
+
+/// Appends the postcard form of a request's beacons to `out`: what `prepare` wrote up to
+/// commit fb143ce (still decoded, see [`decode`]; written by tests only).
+#[cfg(test)]
+pub fn encode_postcard<S: Serialize>(beacons: &[ParsedBeacon<S>], out: Vec<u8>) -> Vec<u8> {
     postcard::to_extend(beacons, out).expect("parsed beacons serialize")
 }
 
-/// Reads the beacons of a version-2 record. `None` when the payload is damaged: it does not
-/// decode, has bytes left over, or holds anything `prepare` could not have written (a record
-/// is applied whole or not at all).
+/// Reads the beacons of a version-2 record, in either layout: packed (a payload that starts
+/// with 0) or postcard (records written before the packed layout, replayed after an upgrade:
+/// postcard starts with the beacon count, never 0). `None` when the payload is damaged: it
+/// does not decode, has bytes left over, or holds anything `prepare` could not have written
+/// (a record is applied whole or not at all).
 pub fn decode(payload: &[u8]) -> Option<Vec<ParsedBeacon<&str>>> {
-    let (beacons, rest): (Vec<ParsedBeacon<&str>>, &[u8]) = postcard::take_from_bytes(payload).ok()?;
-    (rest.is_empty() && !beacons.is_empty() && beacons.iter().all(ParsedBeacon::is_valid)).then_some(beacons)
+    let beacons = if payload.first() == Some(&packed::TAG) {
+        packed::decode(payload)?
+    } else {
+        let (beacons, rest): (Vec<ParsedBeacon<&str>>, &[u8]) = postcard::take_from_bytes(payload).ok()?;
+        if !rest.is_empty() {
+            return None;
+        }
+        beacons
+    };
+    (!beacons.is_empty() && beacons.iter().all(ParsedBeacon::is_valid)).then_some(beacons)
 }
 
 fn within(s: Option<&impl AsRef<str>>, max_chars: usize) -> bool {
@@ -176,7 +195,7 @@ mod tests {
     }
 
     fn owned(b: ParsedBeacon<&str>) -> ParsedBeacon<String> {
-        let bytes = encode(&[b], Vec::new());
+        let bytes = encode_postcard(&[b], Vec::new());
         postcard::from_bytes::<Vec<ParsedBeacon<String>>>(&bytes).unwrap().pop().unwrap()
     }
 
@@ -200,12 +219,36 @@ mod tests {
         // (the sessionizer's `clean` scrubs it: `pii_is_scrubbed_from_urls_names_and_messages`)
     }
 
+    /// Two records as `prepare` wrote them at commit fb143ce (version 2, before any change
+    /// of the layout), and what they decode to there: WAL records already on disk are
+    /// replayed after an upgrade, so they must keep decoding to the same beacons.
+    #[test]
+    fn records_written_by_fb143ce_decode_the_same() {
+        use std::fmt::Write;
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/wal_v2_fb143ce");
+        let hex = std::fs::read_to_string(format!("{dir}.hex")).unwrap();
+        let hex = hex.trim();
+        let wal: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let mut got = String::new();
+        for r in crate::record::records(&wal) {
+            let r = r.unwrap();
+            let beacons = decode(r.payload).unwrap();
+            writeln!(got, "{} {} {} {:?} {:?}\n{beacons:#?}", r.version, r.flags, r.recv_ms, r.ip, r.user_agent).unwrap();
+        }
+        assert_eq!(got, std::fs::read_to_string(format!("{dir}.decoded.txt")).unwrap());
+    }
+
     #[test]
     fn damaged_payloads_are_refused() {
         let bytes = encode(&envelopes(BODY, 500).unwrap().into_parsed(), Vec::new());
         assert!(decode(&bytes[..bytes.len() - 1]).is_none());
         assert!(decode(&[bytes.as_slice(), &[0]].concat()).is_none());
         assert!(decode(&[0]).is_none(), "no beacons");
+        // the smallest beacons there are (6 bytes of structure each)
+        let bare = envelopes(br#"{"app":"a","sid":"sid-0001"}"#, 500).unwrap().into_parsed();
+        assert_eq!(decode(&encode(&bare, Vec::new())).unwrap().len(), 1);
+        let two = envelopes(br#"[{"app":"a","sid":"sid-0001"},{"app":"b","sid":"sid-0002"}]"#, 500).unwrap().into_parsed();
+        assert_eq!(decode(&encode(&two, Vec::new())).unwrap().len(), 2);
         // well-formed postcard of values `prepare` never writes
         let mut bad = parsed();
         if let ParsedBody::Action { traceparent, .. } = &mut bad[0].events[0].body {
@@ -218,5 +261,112 @@ mod tests {
         let mut bad = parsed();
         bad[0].events[0].start = Some(-1.0);
         assert!(decode(&encode(&bad, Vec::new())).is_none());
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Text of at most `max` chars: ASCII, multi-byte letters, an emoji, a newline.
+        fn text(max: usize) -> impl Strategy<Value = String> {
+            prop::collection::vec(prop_oneof![Just('a'), Just('/'), Just('é'), Just('☃'), Just('😀'), Just('\n'), Just('0')], 0..=max.min(12))
+                .prop_map(|c| c.into_iter().collect())
+        }
+
+        fn some_text(max: usize) -> impl Strategy<Value = Option<String>> {
+            prop::option::of(text(max))
+        }
+
+        fn non_empty(max: usize) -> impl Strategy<Value = String> {
+            text(max).prop_map(|s| if s.is_empty() { "x".to_owned() } else { s })
+        }
+
+        fn number() -> impl Strategy<Value = f64> {
+            prop_oneof![Just(0.0), Just(-0.0), Just(1e300), Just(-2.5), (0u32..100_000).prop_map(f64::from), 0.0..1e13f64]
+        }
+
+        fn resource() -> impl Strategy<Value = ParsedResource<String>> {
+            (some_text(40), some_text(limits::KEY), prop::option::of(number()), prop::option::of(number()), prop::option::of(0u16..=999), prop::option::of(number()))
+                .prop_map(|(url, initiator, start, dur, status, size)| ParsedResource { url, initiator, start, dur, status, size })
+        }
+
+        fn body() -> impl Strategy<Value = ParsedBody<String>> {
+            let kind = prop_oneof![Just(ActionType::Load), Just(ActionType::Xhr), Just(ActionType::Custom)];
+            let error_kind = prop_oneof![Just(ErrorKind::Js), Just(ErrorKind::Request), Just(ErrorKind::Custom)];
+            let tp = prop::option::of(Just("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()));
+            prop_oneof![
+                (kind, some_text(40), some_text(40), some_text(8), 0.0..=limits::MAX_DUR, prop::option::of(0u16..=999), tp,
+                 prop::collection::vec((text(limits::KEY), number()), 0..4), prop::collection::vec(resource(), 0..4))
+                    .prop_map(|(kind, name, url, method, dur, status, traceparent, timings, resources)| ParsedBody::Action {
+                        kind, name, url, method, dur, status, traceparent, timings, resources
+                    }),
+                (error_kind, some_text(40), some_text(40)).prop_map(|(kind, message, stack)| ParsedBody::Error { kind, message, stack }),
+                (text(20), number().prop_map(f64::abs)).prop_map(|(name, value)| ParsedBody::Vital { name, value }),
+                (some_text(20), 1..=u32::MAX).prop_map(|(target, count)| ParsedBody::RageClick { target, count }),
+                non_empty(20).prop_map(ParsedBody::Identify),
+                (non_empty(limits::KEY), text(40)).prop_map(|(k, v)| ParsedBody::Property(k, v)),
+                some_text(20).prop_map(ParsedBody::End),
+            ]
+        }
+
+        fn beacon() -> impl Strategy<Value = ParsedBeacon<String>> {
+            let ids = ("[A-Za-z0-9._-]{1,64}", "[!-~]{8,128}");
+            let fields = (prop::option::of(non_empty(20)), prop::option::of(1.0..1e13f64), prop::option::of(non_empty(20)), some_text(60), prop::option::of(non_empty(12)), any::<bool>());
+            let events = prop::collection::vec((prop::option::of(0.0..=limits::MAX_START), body()).prop_map(|(start, body)| ParsedEvent { start, body }), 0..8);
+            (ids, fields, events, any::<u32>(), any::<u32>()).prop_map(|((app, sid), (vid, sent, user, page_url, screen, synthetic), events, bad_events, unknown_events)| {
+                ParsedBeacon { app, sid, vid, sent, user, page_url, screen, synthetic, events, bad_events, unknown_events }
+            })
+        }
+
+        fn bits(b: &[ParsedBeacon<String>]) -> String {
+            // `{:?}` prints -0.0 and 0.0 apart, so equal text is equal bits
+            format!("{b:?}")
+        }
+
+        fn back(bytes: &[u8]) -> Option<String> {
+            decode(bytes).map(|b| format!("{b:?}"))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+            #[test]
+            fn beacons_round_trip_in_both_layouts(beacons in prop::collection::vec(beacon(), 1..4)) {
+                prop_assert!(beacons.iter().all(ParsedBeacon::is_valid));
+                prop_assert_eq!(back(&encode(&beacons, Vec::new())), Some(bits(&beacons)));
+                prop_assert_eq!(back(&encode_postcard(&beacons, Vec::new())), Some(bits(&beacons)));
+                // after other bytes in the buffer (a record's header)
+                let with_head = encode(&beacons, vec![7; 5]);
+                prop_assert_eq!(back(&with_head[5..]), Some(bits(&beacons)));
+            }
+
+            #[test]
+            fn cut_or_damaged_payloads_are_refused_without_panic(
+                beacons in prop::collection::vec(beacon(), 1..3),
+                cut in any::<prop::sample::Index>(),
+                damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            ) {
+                for bytes in [encode(&beacons, Vec::new()), encode_postcard(&beacons, Vec::new())] {
+                    prop_assert!(decode(&bytes[..cut.index(bytes.len())]).is_none());
+                    prop_assert!(decode(&[bytes.as_slice(), &[0]].concat()).is_none());
+                    let mut bad = bytes.clone();
+                    for (at, value) in &damage {
+                        let i = at.index(bad.len());
+                        bad[i] = *value;
+                    }
+                    // either refused or beacons that pass the checks: never a panic
+                    if let Some(b) = decode(&bad) {
+                        prop_assert!(b.iter().all(ParsedBeacon::is_valid));
+                    }
+                }
+            }
+
+            #[test]
+            fn any_bytes_after_the_tag_are_handled_without_panic(rest in prop::collection::vec(any::<u8>(), 0..200)) {
+                let _ = decode(&[&[packed::TAG, packed::LAYOUT][..], &rest].concat());
+                let _ = decode(&[&[packed::TAG][..], &rest].concat());
+                let _ = decode(&rest);
+            }
+        }
     }
 }
