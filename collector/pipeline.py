@@ -252,9 +252,7 @@ class Pipeline:
             # ones, at the same clock, before any later WAL entry, and write them.
             self._core_call(outcome, self._core.flush(self._clock))
         entries: list[tuple[int, int, bytes]] = []
-        if self._more_due:
-            outcome.more = True
-        else:
+        if not self._more_due:
             entries, outcome.more = self._store.read_wal(self._pos, READ_MAX_BYTES)
         outcome.entries = len(entries)
         # The position advances with each core call that returned, so that a failure part
@@ -269,10 +267,9 @@ class Pipeline:
                 if chunk:
                     self._core_call(outcome, self._ingest(chunk))
                     chunk = []
-                    self._pos = seq - 1
-                    if self._more_due:
-                        break
                 self._pos = seq - 1
+                if self._more_due:
+                    break
                 self._clock = U64.unpack(payload)[0]
                 self._core_call(outcome, self._core.flush(self._clock))
             else:

@@ -390,7 +390,7 @@ class Store:
         dbs = self.dbs
         old = txn.get(sid, db=dbs["sessions"])
         if old is not None:
-            self._delete_indexes(txn, CLOSED_INDEXES, session.session_id, old)
+            self._delete_closed_indexes(txn, session.session_id, old)
         txn.put(sid, session.summary, db=dbs["sessions"])
         txn.put(sid, pack_detail(session.detail), db=dbs["details"])
         keys = index_keys(session.session_id, session.start_ms, session.app, session.user_tag)
@@ -409,13 +409,14 @@ class Store:
             if key is not None:
                 txn.put(key, b"", db=self.dbs[name])
 
-    def _delete_indexes(
-        self, txn: lmdb.Transaction, names: tuple[str, ...], session_id: str, summary: bytes
+    def _delete_closed_indexes(
+        self, txn: lmdb.Transaction, session_id: str, summary: bytes
     ) -> None:
-        """Delete the index entries that the stored `summary` was written with."""
+        """Delete the index entries that the stored closed `summary` was written with (open
+        sessions keep theirs in `live_keys`)."""
         keys = summary_index_keys(session_id, orjson.loads(summary))
         if keys is not None:
-            self._delete_keys(txn, names, keys)
+            self._delete_keys(txn, CLOSED_INDEXES, keys)
 
     def _delete_keys(
         self, txn: lmdb.Transaction, names: tuple[str, ...], keys: tuple[bytes | None, ...]
@@ -429,7 +430,7 @@ class Store:
         sid = session_id.encode()
         old = txn.get(sid, db=self.dbs["sessions"])
         if old is not None:
-            self._delete_indexes(txn, CLOSED_INDEXES, session_id, old)
+            self._delete_closed_indexes(txn, session_id, old)
         txn.delete(sid, db=self.dbs["sessions"])
         txn.delete(sid, db=self.dbs["details"])
 
