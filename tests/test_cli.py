@@ -54,6 +54,10 @@ def test_json_log_lines(start_server: StartServer):
     assert listening["url"] == f"http://127.0.0.1:{server.port}"
     assert listening["level"] == "info"
     assert {"ts", "logger", "pid"} <= set(listening)
+    # the user-agent parser is built before the collector is ready, not on the first beacon
+    recovering = lines[messages.index("recovering")]
+    assert isinstance(recovering["user_agent_parser_s"], float)
+    assert messages.index("recovering") < messages.index("recovered")
 
 
 def test_workers_give_up_when_the_port_is_taken(tmp_path):
