@@ -3,7 +3,7 @@ use crate::beacon::{self, limits, Rejection};
 use crate::error::CoreError;
 use crate::privacy::{self, Scrubber};
 use crate::record::{self, Record};
-use crate::session::{ActionIn, Closed, EndReason, ErrorRec, RageRec, ResourceIn, Session, SessionMetrics, Shared, DIRTY_ALL, DIRTY_NEW, DIRTY_SUMMARY, NOT_QUEUED};
+use crate::session::{ActionIn, Closed, EndReason, ErrorRec, RageRec, ResourceIn, Scratch, Session, SessionMetrics, Shared, DIRTY_ALL, DIRTY_NEW, DIRTY_SUMMARY, NOT_QUEUED};
 use crate::settings::Settings;
 use crate::useragent::UaCache;
 use crate::wire::{self, ParsedBeacon, ParsedBody, ParsedEvent};
@@ -52,6 +52,8 @@ pub struct Sessionizer {
     due: BinaryHeap<Reverse<(i64, String)>>,
     /// Tombstones by their `last_recv`, earliest first, for the same reason (lazy too).
     expiring: BinaryHeap<Reverse<(i64, String)>>,
+    /// What finalizing a session reuses from one session to the next.
+    scratch: Scratch,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +132,7 @@ impl Sessionizer {
             shared: Shared::default(),
             due: BinaryHeap::new(),
             expiring: BinaryHeap::new(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -242,7 +245,7 @@ impl Sessionizer {
     fn emit(&mut self, s: Box<Session>, id: Option<String>, reason: EndReason, out: &mut Output) {
         let ua = self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""));
         let id = id.unwrap_or_else(|| s.id());
-        out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics), true));
+        out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics), true, &mut self.scratch));
     }
 
     /// Applies one beacon. The session is taken out of the map for the beacon's events (one
@@ -502,7 +505,7 @@ impl Sessionizer {
             let detail = with_details || s.dirty & DIRTY_NEW != 0;
             s.dirty &= if detail { 0 } else { !DIRTY_SUMMARY };
             let id = s.id();
-            out.push(s.finalize(id, &self.settings, &ua, None, None, detail));
+            out.push(s.finalize(id, &self.settings, &ua, None, None, detail, &mut self.scratch));
         }
         out
     }
