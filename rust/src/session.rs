@@ -661,7 +661,12 @@ impl SessionMetrics {
 }
 
 pub fn session_id(app: &str, sid: &str, part: u32, first_recv: i64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    session_id_text(session_digest(app, sid, part, first_recv))
+}
+
+/// The first 16 bytes of the SHA-256 a session id is the hex of, as a big-endian number: the
+/// ids sort as these numbers do (lowercase hex keeps the order of the bytes).
+pub fn session_digest(app: &str, sid: &str, part: u32, first_recv: i64) -> u128 {
     let mut h = Sha256::new();
     h.update(app.as_bytes());
     h.update(b"\n");
@@ -672,8 +677,14 @@ pub fn session_id(app: &str, sid: &str, part: u32, first_recv: i64) -> String {
     h.update(b"\n");
     h.update(itoa::Buffer::new().format(first_recv).as_bytes());
     let digest = h.finalize();
+    u128::from_be_bytes(digest[..16].try_into().expect("a SHA-256 has 32 bytes"))
+}
+
+/// The session id of a [`session_digest`]: its 32 lowercase hex digits.
+pub fn session_id_text(digest: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
+    for b in digest.to_be_bytes() {
         out.push(HEX[usize::from(b >> 4)] as char);
         out.push(HEX[usize::from(b & 15)] as char);
     }
@@ -709,6 +720,11 @@ impl Session {
 
     pub fn id(&self) -> String {
         session_id(&self.app, &self.sid, self.part, self.first_recv)
+    }
+
+    /// [`Session::id`] as its [`session_digest`] (no text: what ids are sorted by).
+    pub fn id_digest(&self) -> u128 {
+        session_digest(&self.app, &self.sid, self.part, self.first_recv)
     }
 
     pub fn identify(&mut self, tag: &str, recv: i64) {
@@ -804,7 +820,7 @@ impl Session {
         with_detail: bool,
         scratch: &mut Scratch,
     ) -> Closed {
-        let Scratch { json, order, error_action, rated, app: app_key } = scratch;
+        let Scratch { json, order, error_action, rated, names, app: app_key } = scratch;
         // actions by (t, arrival); arrival breaks ties, so an unstable sort (no scratch
         // allocation) gives the order of a stable sort by t
         order.clear();
@@ -869,14 +885,15 @@ impl Session {
             }
         }
         vitals.sort_unstable_by_key(|(name, _)| *name);
-        let mut action_names: Vec<&str> = Vec::new();
+        // the first action of each distinct name (actions sharing a key share its name)
+        names.clear();
         for &i in order {
-            let n = self.actions[i].name();
-            if action_names.len() >= MAX_ACTION_NAMES {
+            let a = &self.actions[i];
+            if names.len() >= MAX_ACTION_NAMES {
                 break;
             }
-            if !action_names.contains(&n) {
-                action_names.push(n);
+            if !names.iter().any(|&j| Arc::ptr_eq(&self.actions[j].key, &a.key) || self.actions[j].name() == a.name()) {
+                names.push(i);
             }
         }
         let mut properties: Vec<(&str, &str)> = self.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -959,9 +976,9 @@ impl Session {
         w.end_object();
         w.key("action_names");
         w.begin_array();
-        for n in &action_names {
+        for &i in &*names {
             w.element();
-            w.str(n);
+            w.str(self.actions[i].name());
         }
         w.end_array();
         w.raw(r#","browser":{"family":"#);
@@ -1191,6 +1208,8 @@ pub struct Scratch {
     order: Vec<usize>,
     error_action: Vec<Option<usize>>,
     rated: Vec<Rated>,
+    /// the summary's action names, as the index of an action with each
+    names: Vec<usize>,
     /// a metric's app name, for a lookup that allocates nothing when the entry exists
     app: String,
 }
