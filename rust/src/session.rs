@@ -816,11 +816,11 @@ impl Session {
         settings: &Settings,
         ua: &UserAgent,
         end_reason: Option<EndReason>,
-        metrics: Option<&mut SessionMetrics>,
+        metrics: Option<&mut MetricCounts>,
         with_detail: bool,
         scratch: &mut Scratch,
     ) -> Closed {
-        let Scratch { json, order, error_action, rated, names, app: app_key } = scratch;
+        let Scratch { json, order, error_action, rated, names } = scratch;
         // actions by (t, arrival); arrival breaks ties, so an unstable sort (no scratch
         // allocation) gives the order of a stable sort by t
         order.clear();
@@ -1017,29 +1017,12 @@ impl Session {
         *json = buf;
 
         if let Some(m) = metrics {
-            // counted per (type, category) first: one map entry per kind, not per action
-            let mut per_kind = [[0u64; 3]; 3];
+            let counts = m.of_app(&self.app);
             for (pos, &i) in order.iter().enumerate() {
-                per_kind[self.actions[i].kind as usize][rated[pos].category as usize] += 1;
+                counts.actions[self.actions[i].kind as usize][rated[pos].category as usize] += 1;
             }
-            for kind in [ActionType::Load, ActionType::Xhr, ActionType::Custom] {
-                for category in [ApdexCategory::Satisfied, ApdexCategory::Tolerating, ApdexCategory::Frustrated] {
-                    let n = per_kind[kind as usize][category as usize];
-                    if n > 0 {
-                        let key = (app_probe(app_key, &self.app), kind.as_str(), category.as_str());
-                        if let Some(key) = add_count(&mut m.actions, key, n) {
-                            *app_key = key.0;
-                        }
-                    }
-                }
-            }
-            for kind in ErrorKind::IN_KEY_ORDER {
-                let n = errors_by_kind[kind as usize];
-                if n > 0 {
-                    if let Some(key) = add_count(&mut m.errors, (app_probe(app_key, &self.app), kind.as_str()), u64::from(n)) {
-                        *app_key = key.0;
-                    }
-                }
+            for (sum, n) in counts.errors.iter_mut().zip(errors_by_kind) {
+                *sum += u64::from(n);
             }
             for v in &self.vitals {
                 m.vitals.push((self.app.clone(), v.name.to_string(), v.value));
@@ -1210,27 +1193,59 @@ pub struct Scratch {
     rated: Vec<Rated>,
     /// the summary's action names, as the index of an action with each
     names: Vec<usize>,
-    /// a metric's app name, for a lookup that allocates nothing when the entry exists
+}
+
+/// The metrics of the sessions closed in one `ingest` or `flush` call as `finalize` adds them
+/// up: per app, arrays of counts (a map entry per count, with its app's name as a `String`
+/// key, was a fifth of what finalizing cost besides the JSON), made into a [`SessionMetrics`]
+/// once per call by [`MetricCounts::drain_into`].
+#[derive(Debug, Default)]
+pub struct MetricCounts {
+    apps: Vec<AppCounts>,
+    /// (app, vital name, value), in the order the sessions closed
+    vitals: Vec<(String, String, f64)>,
+}
+
+#[derive(Debug)]
+struct AppCounts {
     app: String,
+    /// by [`ActionType`], then [`ApdexCategory`]
+    actions: [[u64; 3]; 3],
+    /// by [`ErrorKind`]
+    errors: [u64; 3],
 }
 
-/// `app` in the reused string `buf` (taken out of it): a metric's key that allocates nothing
-/// when the entry exists (see [`add_count`]).
-fn app_probe(buf: &mut String, app: &str) -> String {
-    let mut s = std::mem::take(buf);
-    app.clone_into(&mut s);
-    s
-}
+impl MetricCounts {
+    fn of_app(&mut self, app: &str) -> &mut AppCounts {
+        // a collector serves few apps: a list, the last one used first
+        let i = if let Some(i) = self.apps.iter().rposition(|c| c.app == app) {
+            i
+        } else {
+            self.apps.push(AppCounts { app: app.to_owned(), actions: [[0; 3]; 3], errors: [0; 3] });
+            self.apps.len() - 1
+        };
+        &mut self.apps[i]
+    }
 
-/// Adds `n` to the count of `key`; gives `key` back when it had one already (its string can be
-/// reused), `None` when `key` went into the map.
-fn add_count<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, n: u64) -> Option<K> {
-    if let Some(v) = map.get_mut(&key) {
-        *v += n;
-        Some(key)
-    } else {
-        map.insert(key, n);
-        None
+    /// Adds the counts to `m` (only those above 0 make entries) and empties them.
+    pub fn drain_into(&mut self, m: &mut SessionMetrics) {
+        for c in self.apps.drain(..) {
+            for kind in [ActionType::Load, ActionType::Xhr, ActionType::Custom] {
+                for category in [ApdexCategory::Satisfied, ApdexCategory::Tolerating, ApdexCategory::Frustrated] {
+                    let n = c.actions[kind as usize][category as usize];
+                    if n > 0 {
+                        *m.actions.entry((c.app.clone(), kind.as_str(), category.as_str())).or_default() += n;
+                    }
+                }
+            }
+            for kind in ErrorKind::IN_KEY_ORDER {
+                let n = c.errors[kind as usize];
+                if n > 0 {
+                    *m.errors.entry((c.app.clone(), kind.as_str())).or_default() += n;
+                }
+            }
+        }
+        m.vitals.append(&mut self.vitals);
     }
 }
 

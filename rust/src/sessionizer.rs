@@ -4,7 +4,7 @@ use crate::error::CoreError;
 use crate::intern::HashState;
 use crate::privacy::{self, Scrubber};
 use crate::record::{self, Record};
-use crate::session::{session_id_text, ActionIn, Closed, EndReason, ErrorRec, RageRec, ResourceIn, Scratch, Session, SessionMetrics, Shared, DIRTY_ALL, DIRTY_NEW, DIRTY_SUMMARY, NOT_QUEUED};
+use crate::session::{session_id_text, ActionIn, Closed, EndReason, ErrorRec, RageRec, MetricCounts, ResourceIn, Scratch, Session, SessionMetrics, Shared, DIRTY_ALL, DIRTY_NEW, DIRTY_SUMMARY, NOT_QUEUED};
 use crate::settings::Settings;
 use crate::useragent::UaCache;
 use crate::wire::{self, ParsedBeacon, ParsedBody, ParsedEvent};
@@ -56,6 +56,8 @@ pub struct Sessionizer {
     expiring: BinaryHeap<Reverse<(i64, String)>>,
     /// What finalizing a session reuses from one session to the next.
     scratch: Scratch,
+    /// The metrics of the sessions closed in this call, until they go into its `Output`.
+    counts: MetricCounts,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +137,7 @@ impl Sessionizer {
             due: BinaryHeap::new(),
             expiring: BinaryHeap::new(),
             scratch: Scratch::default(),
+            counts: MetricCounts::default(),
         })
     }
 
@@ -155,6 +158,7 @@ impl Sessionizer {
                 Err(()) => out.rejected.push((ri, 0, Rejection::BadRecord.code())),
             }
         }
+        self.counts.drain_into(&mut out.metrics);
         // then everything due at `now`, exactly as `flush(now)`
         let due = self.flush(now);
         out.closed.extend(due.closed);
@@ -247,7 +251,7 @@ impl Sessionizer {
     fn emit(&mut self, s: Box<Session>, id: Option<String>, reason: EndReason, out: &mut Output) {
         let ua = self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""));
         let id = id.unwrap_or_else(|| s.id());
-        out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics), true, &mut self.scratch));
+        out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut self.counts), true, &mut self.scratch));
     }
 
     /// Applies one beacon. The session is taken out of the map for the beacon's events (one
@@ -486,6 +490,7 @@ impl Sessionizer {
                 self.tombstones.remove(&key);
             }
         }
+        self.counts.drain_into(&mut out.metrics);
         out
     }
 
