@@ -1,6 +1,6 @@
 """Microbenchmark: the Rust sessionizer core vs the pure-Python reference on the same stream.
 
-    .venv/bin/python loadtests/bench_core.py [--quick] [--no-write]
+    .venv/bin/python loadtests/bench_core.py [--quick] [--no-write] [--dump FILE]
 
 Generates a realistic stream (by default 20 000 sessions of ~10 actions, a few errors, vitals,
 rage clicks and properties, 3 beacons of ~5 events per session, interleaved in time and cut into
@@ -11,7 +11,9 @@ the records of `_core.prepare` (version 2, the beacons parsed once by the front,
 production), the reference JSON records (version 1). `prepare`, the fronts' cost, is timed
 separately. Prints events/s for both and the ratio, checks that both closed the
 same sessions, and replaces the "Sessionizer core vs Python reference" section of
-docs/benchmarks.md (between its markers) unless `--no-write`.
+docs/benchmarks.md (between its markers) unless `--no-write`. `--dump FILE` writes the stream
+as framed version-1 records (the reference's JSON records, in receive order) and exits, for
+`rust/examples/core_profile.rs --wal FILE` and `ingest_profile.rs FILE`.
 
 Targets: ≥ 2 M events/s for the core and ≥ 30× the reference.
 """
@@ -215,10 +217,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 000 sessions instead of 20 000")
     parser.add_argument("--no-write", action="store_true", help="do not update the doc")
     parser.add_argument("--sessions", type=int, help="number of sessions (overrides --quick)")
+    parser.add_argument(
+        "--dump", type=Path, metavar="FILE", help="write the stream as v1 records to FILE, exit"
+    )
     args = parser.parse_args()
     sessions = args.sessions or (2_000 if args.quick else 20_000)
 
     json_batches, batches, requests, events = make_stream(sessions, batch_records=200)
+    if args.dump:
+        args.dump.write_bytes(b"".join(batch for batch, _ in json_batches))
+        print(f"wrote {args.dump}: {sessions} sessions, {events} events")
+        return
     records = sessions * BEACONS_PER_SESSION
     print(
         f"stream: {sessions} sessions, {records} records, {events} events, {len(batches)} batches"

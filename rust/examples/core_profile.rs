@@ -1,12 +1,16 @@
 //! Times `prepare`, `ingest` and `flush` for profiling (not a test). Under callgrind, select a
-//! phase with `--toggle-collect='*Sessionizer::ingest*'` (or `*prepare*`, `*Sessionizer::flush*`).
+//! phase with `--toggle-collect='*phase_bench*'` (every ingest and the final flush, as
+//! `bench_core`) or `*prepare*`.
 //!
 //!     core_profile [SESSIONS]        a synthetic stream: 2 beacons of 5 events per session
 //!     core_profile --wal FILE        the framed v1 records of FILE (e.g. bench_core's stream),
 //!                                    in batches of 200 records ingested at their last recv_ms
 //!     ... --settings JSON            sessionizer settings (default `{"timeout_ms": 300000}`)
+//!     ... --digest                   also print a SHA-256 of everything the sessions closed
+//!                                    (ids, summaries, details, metrics), to compare builds
 use rumline_core::record;
-use rumline_core::{prepare, Request, Sessionizer, Settings};
+use rumline_core::{prepare, Output, Request, Sessionizer, Settings};
+use sha2::{Digest, Sha256};
 use std::time::Instant;
 
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
@@ -34,6 +38,45 @@ fn from_wal(path: &str) -> Vec<(u64, String, String, Vec<u8>)> {
         .collect()
 }
 
+/// What `bench_core` times: every batch's ingest (and the flushes its `more_due` asks for), then
+/// the final flush. One function, so callgrind can select it (`--toggle-collect='*phase_bench*'`;
+/// toggling on `ingest` and `flush` would not do: `ingest` calls `flush`, which toggles off).
+#[inline(never)]
+fn phase_bench(s: &mut Sessionizer, batches: &[(Vec<u8>, i64)], mut digest: Option<&mut Sha256>) -> (u64, usize, f64, f64) {
+    let (mut events, mut closed) = (0, 0);
+    let mut seen = |out: &Output| {
+        if let Some(h) = digest.as_deref_mut() {
+            for c in &out.closed {
+                h.update(format!("{}|{:?}|{:?}|{}|{}|{:?}\n", c.session_id, c.app, c.user_tag, c.start_ms, c.end_ms, c.end_reason));
+                h.update(&c.summary);
+                h.update(&c.detail);
+            }
+            h.update(format!("{:?} {:?} {:?} {:?}\n", out.metrics.actions, out.metrics.errors, out.metrics.vitals, out.dropped));
+        }
+        out.closed.len()
+    };
+    let started = Instant::now();
+    for (batch, now) in batches {
+        let mut out = s.ingest(batch, *now);
+        events += out.events;
+        closed += seen(&out);
+        while out.more_due {
+            out = s.flush(*now);
+            closed += seen(&out);
+        }
+    }
+    let ti = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    loop {
+        let out = s.flush(i64::MAX / 4);
+        closed += seen(&out);
+        if !out.more_due {
+            break;
+        }
+    }
+    (events, closed, ti, started.elapsed().as_secs_f64())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let requests = if args.get(1).map(String::as_str) == Some("--wal") {
@@ -55,17 +98,12 @@ fn main() {
     let settings = args.iter().position(|a| a == "--settings").and_then(|i| args.get(i + 1));
     let settings = Settings::from_json(settings.map_or(r#"{"timeout_ms": 300000}"#, String::as_str)).unwrap();
     let mut s = Sessionizer::new(settings).unwrap();
-    let (mut events, mut closed) = (0, 0);
-    let started = Instant::now();
-    for (batch, now) in &batches {
-        let out = s.ingest(batch, *now);
-        events += out.events;
-        closed += out.closed.len();
+    let mut digest = args.iter().any(|a| a == "--digest").then(Sha256::new);
+    let (events, closed, ti, tf) = phase_bench(&mut s, &batches, digest.as_mut());
+    if let Some(h) = digest {
+        let hex: Vec<String> = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        println!("digest {}", hex.concat());
     }
-    let ti = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    closed += s.flush(i64::MAX / 4).closed.len();
-    let tf = started.elapsed().as_secs_f64();
     let ev = events as f64;
     println!(
         "{} requests, {events} events, {closed} sessions closed: prepare {:.0} ms, ingest {:.0} ms, final flush {:.0} ms, ingest+flush {:.0} ev/s",

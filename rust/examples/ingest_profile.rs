@@ -3,11 +3,13 @@
 //! one phase, each in its own function so callgrind can select it
 //! (`--toggle-collect='*phase_*'`) or `perf stat` can count a whole run of it:
 //!
-//!     ingest_profile FILE prepare|decode|ingest [REPEAT]
+//!     ingest_profile FILE prepare|decode|ingest|finalize [REPEAT]
 //!
 //! `decode` reads every version-2 record back (`wire::decode`) without applying it; `ingest`
 //! applies the batches to a sessionizer with the default settings (30 min timeout: on this
-//! stream nothing closes), so `ingest` − `decode` is the apply side.
+//! stream nothing closes), so `ingest` − `decode` is the apply side; `finalize` does the same
+//! ingest, then flushes far in the future until every session is closed (`phase_finalize`, as
+//! `bench_core`'s "core flush finalizing every session").
 use rumline_core::{prepare, record, wire, Request, Sessionizer, Settings};
 use std::hint::black_box;
 use std::time::Instant;
@@ -43,6 +45,19 @@ fn phase_ingest(batches: &[(Vec<u8>, i64)]) -> (Sessionizer, u64, usize) {
     (s, events, closed)
 }
 
+#[inline(never)]
+fn phase_finalize(s: &mut Sessionizer) -> usize {
+    let mut closed = 0;
+    loop {
+        let out = s.flush(i64::MAX / 4);
+        closed += out.closed.len();
+        black_box(&out);
+        if !out.more_due {
+            return closed;
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bytes = std::fs::read(&args[1]).expect("readable WAL file");
@@ -52,6 +67,9 @@ fn main() {
         .map(|r| r.expect("intact v1 records"))
         .map(|r| Request { recv_ms: r.recv_ms, ip: r.ip, user_agent: r.user_agent, flags: r.flags, body: r.payload })
         .collect();
+    // the uap-core regexes compile once per process (the first session finalized): keep that
+    // out of the numbers
+    let _ = rumline_core::useragent::parse("Mozilla/5.0");
     let mut batches = Vec::new();
     for _ in 0..if phase == "prepare" { repeat } else { 1 } {
         let started = Instant::now();
@@ -72,6 +90,12 @@ fn main() {
                 let took = started.elapsed().as_secs_f64();
                 println!("ingest {events} events, {} open, {closed} closed: {:.1} ms", s.open_count(), took * 1e3);
                 std::mem::forget(s); // dropping the open sessions is not ingest's cost
+            }
+            "finalize" => {
+                let (mut s, _, _) = phase_ingest(&batches);
+                let started = Instant::now();
+                let closed = phase_finalize(&mut s);
+                println!("finalize {closed} sessions: {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
             }
             _ => {}
         }

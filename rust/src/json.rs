@@ -63,6 +63,12 @@ impl JsonWriter {
         JsonWriter { buf: Vec::with_capacity(capacity), first: true }
     }
 
+    /// A writer into `buf`, emptied first (its allocation reused).
+    pub fn reusing(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        JsonWriter { buf, first: true }
+    }
+
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf
     }
@@ -94,6 +100,16 @@ impl JsonWriter {
 
     pub fn end_array(&mut self) {
         self.buf.push(b']');
+        self.first = false;
+    }
+
+    /// Text of the format written as it is: keys with their quotes, colons and commas, in one
+    /// copy (the caller writes the commas; the next member or element gets its own).
+    #[allow(clippy::inline_always)] // see `key`
+    #[inline(always)]
+    pub fn raw(&mut self, text: &'static str) {
+        debug_assert!(!text.is_empty());
+        self.buf.extend_from_slice(text.as_bytes());
         self.first = false;
     }
 

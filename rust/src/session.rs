@@ -661,7 +661,12 @@ impl SessionMetrics {
 }
 
 pub fn session_id(app: &str, sid: &str, part: u32, first_recv: i64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    session_id_text(session_digest(app, sid, part, first_recv))
+}
+
+/// The first 16 bytes of the SHA-256 a session id is the hex of, as a big-endian number: the
+/// ids sort as these numbers do (lowercase hex keeps the order of the bytes).
+pub fn session_digest(app: &str, sid: &str, part: u32, first_recv: i64) -> u128 {
     let mut h = Sha256::new();
     h.update(app.as_bytes());
     h.update(b"\n");
@@ -672,8 +677,14 @@ pub fn session_id(app: &str, sid: &str, part: u32, first_recv: i64) -> String {
     h.update(b"\n");
     h.update(itoa::Buffer::new().format(first_recv).as_bytes());
     let digest = h.finalize();
+    u128::from_be_bytes(digest[..16].try_into().expect("a SHA-256 has 32 bytes"))
+}
+
+/// The session id of a [`session_digest`]: its 32 lowercase hex digits.
+pub fn session_id_text(digest: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(32);
-    for b in &digest[..16] {
+    for b in digest.to_be_bytes() {
         out.push(HEX[usize::from(b >> 4)] as char);
         out.push(HEX[usize::from(b & 15)] as char);
     }
@@ -709,6 +720,11 @@ impl Session {
 
     pub fn id(&self) -> String {
         session_id(&self.app, &self.sid, self.part, self.first_recv)
+    }
+
+    /// [`Session::id`] as its [`session_digest`] (no text: what ids are sorted by).
+    pub fn id_digest(&self) -> u128 {
+        session_digest(&self.app, &self.sid, self.part, self.first_recv)
     }
 
     pub fn identify(&mut self, tag: &str, recv: i64) {
@@ -793,26 +809,34 @@ impl Session {
     /// Builds the summary and detail; `id` is this session's [`Session::id`] (the caller has
     /// usually computed it already). `end_reason` is `None` for a live (open) session, which
     /// gets no UX score. Adds the closed session's metrics to `metrics` when given.
+    #[allow(clippy::too_many_arguments)] // the eighth is `scratch`, the caller's reused buffers
     pub fn finalize(
         &self,
         id: String,
         settings: &Settings,
         ua: &UserAgent,
         end_reason: Option<EndReason>,
-        metrics: Option<&mut SessionMetrics>,
+        metrics: Option<&mut MetricCounts>,
         with_detail: bool,
+        scratch: &mut Scratch,
     ) -> Closed {
+        let Scratch { json, order, error_action, rated, names } = scratch;
         // actions by (t, arrival); arrival breaks ties, so an unstable sort (no scratch
         // allocation) gives the order of a stable sort by t
-        let mut order: Vec<usize> = (0..self.actions.len()).collect();
+        order.clear();
+        order.extend(0..self.actions.len());
         if !self.actions.windows(2).all(|w| w[0].t <= w[1].t) {
             order.sort_unstable_by_key(|&i| (self.actions[i].t, i));
         }
+        let order = &*order;
 
-        let error_action: Vec<Option<usize>> = self.errors.iter().map(|e| attach(&self.actions, &order, e.t)).collect();
+        error_action.clear();
+        error_action.extend(self.errors.iter().map(|e| attach(&self.actions, order, e.t)));
+        let error_action = &*error_action;
         // per position in `order`: its errors and its Apdex category
-        let mut rated = vec![Rated { errors: 0, failed: false, category: ApdexCategory::Satisfied }; self.actions.len()];
-        for (e, pos) in self.errors.iter().zip(&error_action) {
+        rated.clear();
+        rated.resize(self.actions.len(), Rated { errors: 0, failed: false, category: ApdexCategory::Satisfied });
+        for (e, pos) in self.errors.iter().zip(error_action) {
             if let Some(pos) = *pos {
                 rated[pos].errors += 1;
                 if matches!(e.kind, ErrorKind::Js | ErrorKind::Request) {
@@ -821,7 +845,7 @@ impl Session {
             }
         }
         let mut counts = ApdexCounts::default();
-        for (r, &i) in rated.iter_mut().zip(&order) {
+        for (r, &i) in rated.iter_mut().zip(order) {
             let a = &self.actions[i];
             let failed = r.failed || (a.kind == ActionType::Xhr && a.status().is_some_and(|s| s >= 400));
             r.category = apdex::rate(a.dur, failed, self.thresholds(settings, a));
@@ -861,14 +885,15 @@ impl Session {
             }
         }
         vitals.sort_unstable_by_key(|(name, _)| *name);
-        let mut action_names: Vec<&str> = Vec::new();
-        for &i in &order {
-            let n = self.actions[i].name();
-            if action_names.len() >= MAX_ACTION_NAMES {
+        // the first action of each distinct name (actions sharing a key share its name)
+        names.clear();
+        for &i in order {
+            let a = &self.actions[i];
+            if names.len() >= MAX_ACTION_NAMES {
                 break;
             }
-            if !action_names.contains(&n) {
-                action_names.push(n);
+            if !names.iter().any(|&j| Arc::ptr_eq(&self.actions[j].key, &a.key) || self.actions[j].name() == a.name()) {
+                names.push(i);
             }
         }
         let mut properties: Vec<(&str, &str)> = self.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -881,51 +906,44 @@ impl Session {
             "real"
         };
 
-        let text_len = |s: &str| s.len() + 16;
-        let mut w = JsonWriter::with_capacity(
-            700 + self.actions.iter().take(MAX_ACTION_NAMES).map(|a| text_len(a.name())).sum::<usize>()
-                + self.properties.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
-                + 2 * entry_page.map_or(0, text_len),
-        );
-        w.begin_object();
-        w.key("session_id");
+        // written in the reused buffer, then copied out at its size (no growing, no estimate)
+        // the fixed text between values as one literal each (see `write_detail`)
+        let mut w = JsonWriter::reusing(std::mem::take(json));
+        w.raw(r#"{"session_id":"#);
         w.str(&id);
-        w.key("client_sid");
+        w.raw(r#","client_sid":"#);
         w.str(&self.sid);
-        w.key("part");
+        w.raw(r#","part":"#);
         w.int(self.part);
-        w.key("app");
+        w.raw(r#","app":"#);
         w.str(&self.app);
-        w.key("user_tag");
+        w.raw(r#","user_tag":"#);
         w.opt_str(self.user_tag.as_deref());
-        w.key("visitor_id");
+        w.raw(r#","visitor_id":"#);
         w.opt_str(self.visitor_id.as_deref());
-        w.key("start");
+        w.raw(r#","start":"#);
         w.int(start);
-        w.key("end");
+        w.raw(r#","end":"#);
         w.int(end);
-        w.key("duration_ms");
+        w.raw(r#","duration_ms":"#);
         w.int(end - start);
-        w.key("end_reason");
+        w.raw(r#","end_reason":"#);
         w.opt_name(end_reason.map(EndReason::as_str));
-        w.key("live");
+        w.raw(r#","live":"#);
         w.bool(end_reason.is_none());
-        w.key("ux_score");
+        w.raw(r#","ux_score":"#);
         w.opt_name(ux_score.map(UxScore::as_str));
-        w.key("apdex");
+        w.raw(r#","apdex":"#);
         w.opt_float(counts.score());
-        w.key("apdex_counts");
-        w.begin_object();
-        w.key("satisfied");
+        w.raw(r#","apdex_counts":{"satisfied":"#);
         w.int(counts.satisfied);
-        w.key("tolerating");
+        w.raw(r#","tolerating":"#);
         w.int(counts.tolerating);
-        w.key("frustrated");
+        w.raw(r#","frustrated":"#);
         w.int(counts.frustrated);
-        w.end_object();
-        w.key("action_count");
+        w.raw(r#"},"action_count":"#);
         w.uint(self.actions.len());
-        w.key("error_count");
+        w.raw(r#","error_count":"#);
         w.uint(self.errors.len());
         w.key("errors_by_kind");
         w.begin_object();
@@ -934,15 +952,15 @@ impl Session {
             w.int(errors_by_kind[kind as usize]);
         }
         w.end_object();
-        w.key("has_error");
+        w.raw(r#","has_error":"#);
         w.bool(!self.errors.is_empty());
-        w.key("bounce");
+        w.raw(r#","bounce":"#);
         w.bool(self.actions.len() <= 1);
-        w.key("entry_page");
+        w.raw(r#","entry_page":"#);
         w.opt_str(entry_page);
-        w.key("exit_page");
+        w.raw(r#","exit_page":"#);
         w.opt_str(exit_page);
-        w.key("rage_clicks");
+        w.raw(r#","rage_clicks":"#);
         w.uint(self.rage.len());
         w.key("vitals");
         w.begin_object();
@@ -958,192 +976,53 @@ impl Session {
         w.end_object();
         w.key("action_names");
         w.begin_array();
-        for n in &action_names {
+        for &i in &*names {
             w.element();
-            w.str(n);
+            w.str(self.actions[i].name());
         }
         w.end_array();
-        for (key, software) in [("browser", &ua.browser), ("os", &ua.os)] {
-            w.key(key);
-            w.begin_object();
-            w.key("family");
-            w.str(&software.family);
-            w.key("version");
-            w.opt_str(software.version.as_deref());
-            w.end_object();
-        }
-        w.key("device_type");
+        w.raw(r#","browser":{"family":"#);
+        w.str(&ua.browser.family);
+        w.raw(r#","version":"#);
+        w.opt_str(ua.browser.version.as_deref());
+        w.raw(r#"},"os":{"family":"#);
+        w.str(&ua.os.family);
+        w.raw(r#","version":"#);
+        w.opt_str(ua.os.version.as_deref());
+        w.raw(r#"},"device_type":"#);
         w.name(ua.device_type);
-        w.key("screen");
+        w.raw(r#","screen":"#);
         w.opt_str(self.screen.as_deref());
-        w.key("ip");
+        w.raw(r#","ip":"#);
         w.opt_str(self.ip.as_deref());
-        w.key("country");
-        w.null();
-        w.key("user_type");
+        w.raw(r#","country":null,"user_type":"#);
         w.name(user_type);
         w.key("properties");
         write_properties(&mut w, &properties);
         w.end_object();
-        let summary = w.into_bytes();
+        let mut buf = w.into_bytes();
+        let summary = buf.clone();
 
         // an open session's summary is published more often than its timeline (`live`)
         let detail = if with_detail {
-            let mut w = JsonWriter::with_capacity(detail_capacity(self));
-            let mut timings: Vec<(&str, f64)> = Vec::new();
-            w.begin_object();
-            w.key("actions");
-            w.begin_array();
-            for (pos, &i) in order.iter().enumerate() {
-                let a = &self.actions[i];
-                let trace = a.trace().map(|t| t.ascii());
-                let trace = trace.as_ref().map(|t| std::str::from_utf8(t).expect("ASCII"));
-                w.element();
-                w.begin_object();
-                w.key("index");
-                w.uint(pos);
-                w.key("type");
-                w.name(a.kind.as_str());
-                w.key("name");
-                w.str(a.name());
-                w.key("url");
-                w.opt_str(a.url());
-                w.key("page");
-                w.opt_str(self.page(a));
-                w.key("method");
-                w.opt_str(a.key.method.as_deref());
-                w.key("start");
-                w.int(a.t);
-                w.key("duration");
-                w.float(a.dur);
-                w.key("apdex");
-                w.name(rated[pos].category.as_str());
-                w.key("status");
-                w.opt_int(a.status());
-                w.key("traceparent");
-                w.opt_str(trace);
-                w.key("trace_id");
-                w.opt_str(trace.map(|t| &t[3..35]));
-                w.key("timings");
-                w.begin_object();
-                if a.extra.as_ref().is_some_and(|x| !x.shape.timing_keys.is_empty()) {
-                    // by key; truncated keys may repeat: the last value wins, as in a map (a
-                    // stable sort keeps arrival order among equal keys)
-                    timings.clear();
-                    timings.extend(a.timings());
-                    timings.sort_by_key(|(k, _)| *k);
-                    for (j, &(k, v)) in timings.iter().enumerate() {
-                        if timings.get(j + 1).is_none_or(|next| next.0 != k) {
-                            w.key_str(k);
-                            w.float(v);
-                        }
-                    }
-                }
-                w.end_object();
-                w.key("resources");
-                w.begin_array();
-                for r in a.resources() {
-                    w.element();
-                    write_resource(&mut w, &r);
-                }
-                w.end_array();
-                w.key("error_count");
-                w.int(rated[pos].errors);
-                w.end_object();
-            }
-            w.end_array();
-            w.key("errors");
-            w.begin_array();
-            for (e, action) in self.errors.iter().zip(&error_action) {
-                w.element();
-                w.begin_object();
-                w.key("kind");
-                w.name(e.kind.as_str());
-                w.key("message");
-                w.opt_str(e.message.as_deref());
-                w.key("stack");
-                w.opt_str(e.stack.as_deref());
-                w.key("start");
-                w.int(e.t);
-                w.key("action");
-                match action {
-                    Some(a) => w.uint(*a),
-                    None => w.null(),
-                }
-                w.end_object();
-            }
-            w.end_array();
-            w.key("vitals");
-            w.begin_array();
-            for v in &self.vitals {
-                w.element();
-                w.begin_object();
-                w.key("name");
-                w.str(&v.name);
-                w.key("value");
-                w.float(v.value);
-                w.key("rating");
-                w.opt_name(apdex::vital_rating(&v.name, v.value));
-                w.key("start");
-                w.int(v.t);
-                w.end_object();
-            }
-            w.end_array();
-            w.key("rage_clicks");
-            w.begin_array();
-            for r in &self.rage {
-                w.element();
-                w.begin_object();
-                w.key("target");
-                w.opt_str(r.target.as_deref());
-                w.key("count");
-                w.int(r.count);
-                w.key("start");
-                w.int(r.t);
-                w.end_object();
-            }
-            w.end_array();
-            w.key("user_tags");
-            w.begin_array();
-            for (tag, at) in &self.user_tags {
-                w.element();
-                w.begin_object();
-                w.key("tag");
-                w.str(tag);
-                w.key("at");
-                w.int(*at);
-                w.end_object();
-            }
-            w.end_array();
-            w.key("properties");
-            write_properties(&mut w, &properties);
-            w.key("end_detail");
-            w.opt_str(self.end.as_ref().and_then(|e| e.0.as_deref()));
-            w.end_object();
-            w.into_bytes()
+            buf = self.write_detail(JsonWriter::reusing(buf), order, rated, error_action, &properties);
+            buf.clone()
         } else {
             Vec::new()
         };
+        // a session with a very long timeline does not keep its size allocated
+        if buf.capacity() > 1 << 20 {
+            buf = Vec::new();
+        }
+        *json = buf;
 
         if let Some(m) = metrics {
-            // counted per (type, category) first: one map entry per kind, not per action
-            let mut per_kind = [[0u64; 3]; 3];
+            let counts = m.of_app(&self.app);
             for (pos, &i) in order.iter().enumerate() {
-                per_kind[self.actions[i].kind as usize][rated[pos].category as usize] += 1;
+                counts.actions[self.actions[i].kind as usize][rated[pos].category as usize] += 1;
             }
-            for kind in [ActionType::Load, ActionType::Xhr, ActionType::Custom] {
-                for category in [ApdexCategory::Satisfied, ApdexCategory::Tolerating, ApdexCategory::Frustrated] {
-                    let n = per_kind[kind as usize][category as usize];
-                    if n > 0 {
-                        *m.actions.entry((self.app.clone(), kind.as_str(), category.as_str())).or_default() += n;
-                    }
-                }
-            }
-            for kind in ErrorKind::IN_KEY_ORDER {
-                let n = errors_by_kind[kind as usize];
-                if n > 0 {
-                    *m.errors.entry((self.app.clone(), kind.as_str())).or_default() += u64::from(n);
-                }
+            for (sum, n) in counts.errors.iter_mut().zip(errors_by_kind) {
+                *sum += u64::from(n);
             }
             for v in &self.vitals {
                 m.vitals.push((self.app.clone(), v.name.to_string(), v.value));
@@ -1159,6 +1038,214 @@ impl Session {
             summary,
             detail,
         }
+    }
+}
+
+impl Session {
+    /// The detail (timeline): the actions in `order` with their ratings, the errors with
+    /// the positions of their actions, the sorted properties.
+    fn write_detail(&self, mut w: JsonWriter, order: &[usize], rated: &[Rated], error_action: &[Option<usize>], properties: &[(&str, &str)]) -> Vec<u8> {
+        let mut timings: Vec<(&str, f64)> = Vec::new();
+        // The fixed text between an action's values is written as one literal each (the
+        // members' keys, quotes and commas: a third of writing a detail as one call per token)
+        w.raw(r#"{"actions":["#);
+        for (pos, &i) in order.iter().enumerate() {
+            let a = &self.actions[i];
+            w.raw(if pos == 0 { r#"{"index":"# } else { r#",{"index":"# });
+            w.uint(pos);
+            w.raw(r#","type":"#);
+            w.name(a.kind.as_str());
+            w.raw(r#","name":"#);
+            w.str(a.name());
+            w.raw(r#","url":"#);
+            w.opt_str(a.url());
+            w.raw(r#","page":"#);
+            w.opt_str(self.page(a));
+            w.raw(r#","method":"#);
+            w.opt_str(a.key.method.as_deref());
+            w.raw(r#","start":"#);
+            w.int(a.t);
+            w.raw(r#","duration":"#);
+            w.float(a.dur);
+            w.raw(r#","apdex":"#);
+            w.name(rated[pos].category.as_str());
+            w.raw(r#","status":"#);
+            w.opt_int(a.status());
+            match &a.extra {
+                // no traceparent, timings nor resources: most actions
+                None => w.raw(r#","traceparent":null,"trace_id":null,"timings":{},"resources":[],"error_count":"#),
+                Some(x) => {
+                    let trace = a.trace().map(|t| t.ascii());
+                    let trace = trace.as_ref().map(|t| std::str::from_utf8(t).expect("ASCII"));
+                    w.key("traceparent");
+                    w.opt_str(trace);
+                    w.key("trace_id");
+                    w.opt_str(trace.map(|t| &t[3..35]));
+                    w.key("timings");
+                    w.begin_object();
+                    if !x.shape.timing_keys.is_empty() {
+                        // by key; truncated keys may repeat: the last value wins, as in a map
+                        // (a stable sort keeps arrival order among equal keys)
+                        timings.clear();
+                        timings.extend(a.timings());
+                        timings.sort_by_key(|(k, _)| *k);
+                        for (j, &(k, v)) in timings.iter().enumerate() {
+                            if timings.get(j + 1).is_none_or(|next| next.0 != k) {
+                                w.key_str(k);
+                                w.float(v);
+                            }
+                        }
+                    }
+                    w.end_object();
+                    w.key("resources");
+                    w.begin_array();
+                    for r in a.resources() {
+                        w.element();
+                        write_resource(&mut w, &r);
+                    }
+                    w.end_array();
+                    w.raw(r#","error_count":"#);
+                }
+            }
+            w.int(rated[pos].errors);
+            w.raw("}");
+        }
+        w.end_array();
+        w.key("errors");
+        w.begin_array();
+        for (e, action) in self.errors.iter().zip(error_action) {
+            w.element();
+            w.begin_object();
+            w.key("kind");
+            w.name(e.kind.as_str());
+            w.key("message");
+            w.opt_str(e.message.as_deref());
+            w.key("stack");
+            w.opt_str(e.stack.as_deref());
+            w.key("start");
+            w.int(e.t);
+            w.key("action");
+            match action {
+                Some(a) => w.uint(*a),
+                None => w.null(),
+            }
+            w.end_object();
+        }
+        w.end_array();
+        w.key("vitals");
+        w.begin_array();
+        for v in &self.vitals {
+            w.element();
+            w.begin_object();
+            w.key("name");
+            w.str(&v.name);
+            w.key("value");
+            w.float(v.value);
+            w.key("rating");
+            w.opt_name(apdex::vital_rating(&v.name, v.value));
+            w.key("start");
+            w.int(v.t);
+            w.end_object();
+        }
+        w.end_array();
+        w.key("rage_clicks");
+        w.begin_array();
+        for r in &self.rage {
+            w.element();
+            w.begin_object();
+            w.key("target");
+            w.opt_str(r.target.as_deref());
+            w.key("count");
+            w.int(r.count);
+            w.key("start");
+            w.int(r.t);
+            w.end_object();
+        }
+        w.end_array();
+        w.key("user_tags");
+        w.begin_array();
+        for (tag, at) in &self.user_tags {
+            w.element();
+            w.begin_object();
+            w.key("tag");
+            w.str(tag);
+            w.key("at");
+            w.int(*at);
+            w.end_object();
+        }
+        w.end_array();
+        w.key("properties");
+        write_properties(&mut w, properties);
+        w.key("end_detail");
+        w.opt_str(self.end.as_ref().and_then(|e| e.0.as_deref()));
+        w.end_object();
+        w.into_bytes()
+    }
+}
+
+/// What [`Session::finalize`] reuses from one session to the next instead of allocating it
+/// anew: the JSON buffer and the per-action lists.
+#[derive(Default)]
+pub struct Scratch {
+    json: Vec<u8>,
+    order: Vec<usize>,
+    error_action: Vec<Option<usize>>,
+    rated: Vec<Rated>,
+    /// the summary's action names, as the index of an action with each
+    names: Vec<usize>,
+}
+
+/// The metrics of the sessions closed in one `ingest` or `flush` call as `finalize` adds them
+/// up: per app, arrays of counts (a map entry per count, with its app's name as a `String`
+/// key, was a fifth of what finalizing cost besides the JSON), made into a [`SessionMetrics`]
+/// once per call by [`MetricCounts::drain_into`].
+#[derive(Debug, Default)]
+pub struct MetricCounts {
+    apps: Vec<AppCounts>,
+    /// (app, vital name, value), in the order the sessions closed
+    vitals: Vec<(String, String, f64)>,
+}
+
+#[derive(Debug)]
+struct AppCounts {
+    app: String,
+    /// by [`ActionType`], then [`ApdexCategory`]
+    actions: [[u64; 3]; 3],
+    /// by [`ErrorKind`]
+    errors: [u64; 3],
+}
+
+impl MetricCounts {
+    fn of_app(&mut self, app: &str) -> &mut AppCounts {
+        // a collector serves few apps: a list, the last one used first
+        let i = if let Some(i) = self.apps.iter().rposition(|c| c.app == app) {
+            i
+        } else {
+            self.apps.push(AppCounts { app: app.to_owned(), actions: [[0; 3]; 3], errors: [0; 3] });
+            self.apps.len() - 1
+        };
+        &mut self.apps[i]
+    }
+
+    /// Adds the counts to `m` (only those above 0 make entries) and empties them.
+    pub fn drain_into(&mut self, m: &mut SessionMetrics) {
+        for c in self.apps.drain(..) {
+            for kind in [ActionType::Load, ActionType::Xhr, ActionType::Custom] {
+                for category in [ApdexCategory::Satisfied, ApdexCategory::Tolerating, ApdexCategory::Frustrated] {
+                    let n = c.actions[kind as usize][category as usize];
+                    if n > 0 {
+                        *m.actions.entry((c.app.clone(), kind.as_str(), category.as_str())).or_default() += n;
+                    }
+                }
+            }
+            for kind in ErrorKind::IN_KEY_ORDER {
+                let n = c.errors[kind as usize];
+                if n > 0 {
+                    *m.errors.entry((c.app.clone(), kind.as_str())).or_default() += n;
+                }
+            }
+        }
+        m.vitals.append(&mut self.vitals);
     }
 }
 
@@ -1205,24 +1292,6 @@ fn write_resource(w: &mut JsonWriter, r: &ResourceView) {
         w.float(size);
     }
     w.end_object();
-}
-
-/// Enough for a session's detail in one allocation, most of the time.
-fn detail_capacity(s: &Session) -> usize {
-    let actions: usize = s
-        .actions
-        .iter()
-        .map(|a| {
-            330 + a.name().len()
-                + a.url().map_or(0, str::len)
-                + a.extra.as_ref().map_or(0, |x| 200 + 90 * x.shape.resources.len() + 30 * x.shape.timing_keys.len())
-        })
-        .sum();
-    let text = |o: &Option<String>| o.as_deref().map_or(0, str::len);
-    let errors: usize = s.errors.iter().map(|e| 90 + text(&e.message) + text(&e.stack)).sum();
-    let pages: usize = s.pages.iter().map(|p| p.len()).max().unwrap_or(0) * s.actions.len();
-    200 + actions + pages + errors + 90 * (s.vitals.len() + s.rage.len() + s.user_tags.len())
-        + s.properties.iter().map(|(k, v)| k.len() + v.len() + 8).sum::<usize>()
 }
 
 /// Position (in time order) of the action an error at `t` belongs to (docs §6).

@@ -1,9 +1,10 @@
 //! Open sessions keyed by (app, client sid) and the closing rules (docs §4–§5).
 use crate::beacon::{self, limits, Rejection};
 use crate::error::CoreError;
+use crate::intern::HashState;
 use crate::privacy::{self, Scrubber};
 use crate::record::{self, Record};
-use crate::session::{ActionIn, Closed, EndReason, ErrorRec, RageRec, ResourceIn, Session, SessionMetrics, Shared, DIRTY_ALL, DIRTY_NEW, DIRTY_SUMMARY, NOT_QUEUED};
+use crate::session::{session_id_text, ActionIn, Closed, EndReason, ErrorRec, RageRec, MetricCounts, ResourceIn, Scratch, Session, SessionMetrics, Shared, DIRTY_ALL, DIRTY_NEW, DIRTY_SUMMARY, NOT_QUEUED};
 use crate::settings::Settings;
 use crate::useragent::UaCache;
 use crate::wire::{self, ParsedBeacon, ParsedBody, ParsedEvent};
@@ -39,7 +40,8 @@ pub struct Sessionizer {
     settings: Settings,
     scrubber: Scrubber,
     open: OpenSessions,
-    tombstones: HashMap<String, Tombstone>,
+    /// keyed like the open sessions (see [`OpenSessions`])
+    tombstones: HashMap<String, Tombstone, HashState>,
     /// The key of the beacon being applied, reused (no allocation per beacon).
     key_buf: String,
     ua_cache: UaCache,
@@ -52,6 +54,10 @@ pub struct Sessionizer {
     due: BinaryHeap<Reverse<(i64, String)>>,
     /// Tombstones by their `last_recv`, earliest first, for the same reason (lazy too).
     expiring: BinaryHeap<Reverse<(i64, String)>>,
+    /// What finalizing a session reuses from one session to the next.
+    scratch: Scratch,
+    /// The metrics of the sessions closed in this call, until they go into its `Output`.
+    counts: MetricCounts,
 }
 
 #[derive(Deserialize)]
@@ -124,12 +130,14 @@ impl Sessionizer {
             settings,
             scrubber,
             open: OpenSessions::default(),
-            tombstones: HashMap::new(),
+            tombstones: HashMap::default(),
             key_buf: String::new(),
             ua_cache,
             shared: Shared::default(),
             due: BinaryHeap::new(),
             expiring: BinaryHeap::new(),
+            scratch: Scratch::default(),
+            counts: MetricCounts::default(),
         })
     }
 
@@ -150,6 +158,7 @@ impl Sessionizer {
                 Err(()) => out.rejected.push((ri, 0, Rejection::BadRecord.code())),
             }
         }
+        self.counts.drain_into(&mut out.metrics);
         // then everything due at `now`, exactly as `flush(now)`
         let due = self.flush(now);
         out.closed.extend(due.closed);
@@ -242,7 +251,7 @@ impl Sessionizer {
     fn emit(&mut self, s: Box<Session>, id: Option<String>, reason: EndReason, out: &mut Output) {
         let ua = self.ua_cache.get(s.user_agent.as_deref().unwrap_or(""));
         let id = id.unwrap_or_else(|| s.id());
-        out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut out.metrics), true));
+        out.closed.push(s.finalize(id, &self.settings, &ua, Some(reason), Some(&mut self.counts), true, &mut self.scratch));
     }
 
     /// Applies one beacon. The session is taken out of the map for the beacon's events (one
@@ -435,7 +444,8 @@ impl Sessionizer {
         let mut out = Output::default();
         let timeout = self.settings.timeout_ms as i64;
         let max_duration = self.settings.max_duration_ms as i64;
-        let mut due: Vec<(String, String, EndReason)> = Vec::new();
+        // (session id as its digest, key, reason): the digests sort as the ids do
+        let mut due: Vec<(u128, String, EndReason)> = Vec::new();
         while self.due.peek().is_some_and(|Reverse((t, _))| *t <= now) {
             if due.len() == self.settings.max_closed_per_call {
                 out.more_due = true;
@@ -455,16 +465,17 @@ impl Sessionizer {
                 continue;
             };
             s.queued = NOT_QUEUED; // listed once, whatever other entries it has
-            due.push((s.id(), key, reason));
+            due.push((s.id_digest(), key, reason));
         }
-        due.sort_unstable_by(|a, b| a.0.cmp(&b.0)); // ids are distinct
+        due.sort_unstable_by_key(|d| d.0); // ids are distinct
         // A session closed for its timeout has `now - last_recv >= timeout`: the tombstone it
         // leaves is dropped again by the loop below, in this same call. So it leaves none and
         // drops the one its key had (what that loop would leave), unless inserting them could
         // pass the tombstone limit, which would drop other tombstones on the way.
         let cap = usize::try_from(self.settings.max_open_sessions).unwrap_or(usize::MAX);
         let no_tombstone = self.tombstones.len().saturating_add(due.len()) <= cap;
-        for (id, key, reason) in due {
+        for (digest, key, reason) in due {
+            let id = session_id_text(digest);
             let s = self.open.remove(&key).expect("due keys are open");
             if no_tombstone && reason == EndReason::Timeout {
                 self.tombstones.remove(&key);
@@ -479,6 +490,7 @@ impl Sessionizer {
                 self.tombstones.remove(&key);
             }
         }
+        self.counts.drain_into(&mut out.metrics);
         out
     }
 
@@ -502,7 +514,7 @@ impl Sessionizer {
             let detail = with_details || s.dirty & DIRTY_NEW != 0;
             s.dirty &= if detail { 0 } else { !DIRTY_SUMMARY };
             let id = s.id();
-            out.push(s.finalize(id, &self.settings, &ua, None, None, detail));
+            out.push(s.finalize(id, &self.settings, &ua, None, None, detail, &mut self.scratch));
         }
         out
     }
@@ -553,13 +565,14 @@ impl Sessionizer {
 
 /// The open sessions by key (`app` + newline + `sid`). A hash table that keeps each key's hash:
 /// a beacon hashes its key once to take its session out and put it back, and growing the
-/// table hashes nothing again. The hash is std's `SipHash` with a random key: session ids come
-/// from clients, who must not be able to choose ids that collide. Sessions are boxed: a
-/// beacon moves a pointer out and back, not the whole session.
+/// table hashes nothing again. Session ids come from clients, who must not be able to choose
+/// ids that collide: the hash is keyed, foldhash with a random seed per table (as the shared
+/// text's tables, `intern.rs`; `SipHash` was most of what finding a session cost). Sessions
+/// are boxed: a beacon moves a pointer out and back, not the whole session.
 #[derive(Default)]
 struct OpenSessions {
     table: HashTable<OpenEntry>,
-    state: std::hash::RandomState,
+    state: HashState,
 }
 
 struct OpenEntry {

@@ -71,16 +71,17 @@ pub fn parse(ua: &str) -> UserAgent {
     UserAgent { browser, os, device_type, robot }
 }
 
-/// A bounded cache: a site has few distinct user agents; when full it starts over.
+/// A bounded cache: a site has few distinct user agents; when full it starts over. Keyed by
+/// foldhash with a random seed (the agents come from clients; see `intern::HashState`).
 #[derive(Debug, Default)]
 pub struct UaCache {
     capacity: usize,
-    map: HashMap<Box<str>, Arc<UserAgent>>,
+    map: HashMap<Box<str>, Arc<UserAgent>, crate::intern::HashState>,
 }
 
 impl UaCache {
     pub fn new(capacity: usize) -> Self {
-        UaCache { capacity: capacity.max(1), map: HashMap::new() }
+        UaCache { capacity: capacity.max(1), map: HashMap::default() }
     }
 
     pub fn get(&mut self, ua: &str) -> Arc<UserAgent> {
