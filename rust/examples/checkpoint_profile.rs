@@ -4,7 +4,7 @@
 //! clicks), 500 beacon templates, four user agents, 80 % identified. Each phase runs in its own
 //! function so callgrind can select one (`--toggle-collect='*phase_checkpoint*'`):
 //!
-//!     checkpoint_profile [SESSIONS] [REPEAT] [--write FILE]
+//!     checkpoint_profile [SESSIONS] [REPEAT] [--write FILE] [--no-restore]
 //!     checkpoint_profile --state FILE [REPEAT]     restore (and checkpoint again) a file's state
 //!
 //! CPU time is this thread's (`/proc/thread-self/schedstat`), faults the process's minor page
@@ -153,6 +153,10 @@ fn report(core: &Sessionizer, repeat: usize, write: Option<&str>) {
         let (state, c_s, c_f) = measure(|| phase_checkpoint(core));
         if let Some(path) = write {
             std::fs::write(path, &state).expect("writable");
+        }
+        if std::env::args().any(|a| a == "--no-restore") {
+            println!("{n} sessions: checkpoint {:.1} MiB in {:.0} ms CPU, {c_f} faults", state.len() as f64 / f64::from(1 << 20), c_s * 1e3);
+            continue;
         }
         let (restored, r_s, r_f) = measure(|| phase_restore(&state));
         assert_eq!(restored.open_count(), n);
