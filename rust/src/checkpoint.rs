@@ -534,7 +534,7 @@ impl<'b> Reader<'b, '_> {
     }
 
     fn session(&mut self) -> Result<Session, Damaged> {
-        let app = self.text()?.to_string();
+        let app = String::from(&*self.text()?);
         let sid = self.str()?.to_owned();
         let part = self.u32()?;
         let first_recv = self.signed()?;
@@ -555,13 +555,13 @@ impl<'b> Reader<'b, '_> {
             user_tag = Some(user_tags.last().ok_or(Damaged("a user tag without user tags"))?.0.clone());
         }
         let visitor_id = if on(VISITOR) { Some(self.str()?.to_owned()) } else { None };
-        let screen = if on(SCREEN) { Some(self.text()?.to_string()) } else { None };
+        let screen = if on(SCREEN) { Some(String::from(&*self.text()?)) } else { None };
         let ip = if on(IP) { Some(self.str()?.to_owned()) } else { None };
         let user_agent = if on(USER_AGENT) { Some(self.text()?) } else { None };
         let n = self.count(2)?;
         let mut properties = Vec::with_capacity(n);
         for _ in 0..n {
-            let k = self.text()?.to_string();
+            let k = String::from(&*self.text()?);
             properties.push((k, self.str()?.to_owned()));
         }
         let n = self.count(1)?;

@@ -541,11 +541,16 @@ impl Sessionizer {
         };
         self.open = sessions.into_iter().map(|s| (key_of(&s.app, &s.sid), s)).collect();
         self.tombstones = tombstones.into_iter().map(|(key, part, last_recv)| (key, Tombstone { part, last_recv })).collect();
-        self.due.clear();
-        for (key, s) in self.open.iter_mut() {
-            s.queued = deadline(&self.settings, s);
-            self.due.push(Reverse((s.queued, key.clone())));
-        }
+        let settings = &self.settings;
+        // collected, then made a heap at once (linear; a push at a time is not)
+        self.due = self
+            .open
+            .iter_mut()
+            .map(|(key, s)| {
+                s.queued = deadline(settings, s);
+                Reverse((s.queued, key.clone()))
+            })
+            .collect();
         self.expiring = self.tombstones.iter().map(|(key, t)| Reverse((t.last_recv, key.clone()))).collect();
         Ok(())
     }
