@@ -10,6 +10,7 @@ pub mod settings;
 pub mod useragent;
 pub mod ux;
 pub mod beacon;
+pub mod checkpoint;
 pub mod codec;
 pub mod json;
 pub mod record;

@@ -109,7 +109,7 @@ impl TableHash for ExtraShape {
 /// A traceparent (`00-{trace id}-{parent id}-{flags}`, validated at parse time) as its 25
 /// bytes instead of 55 characters; all zeros (an invalid trace id) when there is none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TraceParent([u8; 25]);
+pub struct TraceParent(pub(crate) [u8; 25]);
 
 impl TraceParent {
     /// Parses a valid traceparent (`beacon::valid_traceparent`); `None` for anything else.
