@@ -1,7 +1,7 @@
 """Benchmark: memory of open sessions, growth curves of the core, query latency over a big store.
 
     .venv/bin/python loadtests/bench_store.py [--quick] [--no-write] [--max-stored N]
-                                              [--store-dir DIR] [--skip-core] [--only memory]
+                                              [--store-dir DIR] [--skip-core] [--only memory|growth]
 
 Real parts only: sessions are made by the real core (`collector._core.prepare` +
 `Sessionizer.ingest/flush`) from realistic native beacons, and stored through the real `Store`
@@ -27,7 +27,8 @@ what an earlier run built (to profile queries without rebuilding); with `--resum
 that run measured, so an interrupted run carries on where it stopped. Unless `--no-write`, the
 "Memory, growth curves and query latency" section of docs/benchmarks.md (between its markers)
 is replaced; with `--only memory` only part 1 runs (a few minutes) and only its sub-section
-("Memory of open sessions") of that section is replaced.
+("Memory of open sessions") of that section is replaced; `--only growth` likewise for part 2
+("The core as open sessions grow", ~10 minutes).
 """
 
 from __future__ import annotations
@@ -904,25 +905,29 @@ def write_section(text: str) -> None:
     replace_section(START, END, text, DOC)
 
 
-MEMORY_HEADING = "### Memory of open sessions (Rust core)"
+SUBSECTION_HEADINGS = {
+    "memory": "### Memory of open sessions (Rust core)",
+    "growth": "### The core as open sessions grow",
+}
 
 
-def write_memory_subsection(text: str) -> None:
-    """Replace only the memory sub-section (up to the next heading) inside this script's
-    section of the doc, keeping the growth and query tables of an earlier full run."""
-    new = text.split(MEMORY_HEADING, 1)[1].split("\n### ", 1)[0].split("\nMachine: ", 1)[0]
+def write_subsection(text: str, part: str) -> None:
+    """Replace only one sub-section (up to the next heading) inside this script's section of
+    the doc, keeping the other tables of an earlier full run."""
+    heading = SUBSECTION_HEADINGS[part]
+    new = text.split(heading, 1)[1].split("\n### ", 1)[0].split("\nMachine: ", 1)[0]
     doc = DOC.read_text()
     head, rest = doc.split(START, 1)
     section, tail = rest.split(END, 1)
-    if MEMORY_HEADING not in section:
-        raise SystemExit(f"{DOC.name}: no '{MEMORY_HEADING}' in the bench_store section")
-    before, after = section.split(MEMORY_HEADING, 1)
+    if heading not in section:
+        raise SystemExit(f"{DOC.name}: no '{heading}' in the bench_store section")
+    before, after = section.split(heading, 1)
     after = after[after.index("\n### "):] if "\n### " in after else "\n"
-    stamp = (f"\n(Measured with `loadtests/bench_store.py --only memory`, core "
+    stamp = (f"\n(Measured with `loadtests/bench_store.py --only {part}`, core "
              f"{_core.__version__}, "
              f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}; the "
-             "tables below come from the last full run, dated at the end of this section.)\n")
-    section = before + MEMORY_HEADING + new.rstrip() + "\n" + stamp + after
+             "other tables of this section come from the last full run, dated at its end.)\n")
+    section = before + heading + new.rstrip() + "\n" + stamp + after
     DOC.write_text(head + START + section + END + tail)
 
 
@@ -935,7 +940,7 @@ def main() -> None:
     parser.add_argument("--skip-core", action="store_true", help="only the query latency")
     parser.add_argument("--resume", action="store_true",
                         help="with --store-dir: keep what an interrupted run measured there")
-    parser.add_argument("--only", choices=("memory",),
+    parser.add_argument("--only", choices=tuple(SUBSECTION_HEADINGS),
                         help="run only this part and rewrite only its sub-section of the doc")
     parser.add_argument("--compare-query", metavar="REV",
                         help="part 4 also measures the query path of git revision REV")
@@ -957,16 +962,21 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     memory_sessions = 20_000 if args.quick else 100_000
-    if args.only == "memory":
-        memory = measure_memory(memory_sessions)
-        print(f"  {memory}", flush=True)
-        text = render(args, memory, None, [])
+    open_sizes = [1_000, 10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
+    if args.only:
+        memory, growth = None, None
+        if args.only == "memory":
+            memory = measure_memory(memory_sessions)
+            print(f"  {memory}", flush=True)
+        else:
+            with tempfile.TemporaryDirectory(prefix="rumline-bench-store-") as workdir:
+                growth = run_child("growth", Path(workdir), *open_sizes)["rows"]
+        text = render(args, memory, growth, [])
         print(text)
         if not args.no_write:
-            write_memory_subsection(text)
-            print(f"updated {DOC.relative_to(REPO)} (memory sub-section)")
+            write_subsection(text, args.only)
+            print(f"updated {DOC.relative_to(REPO)} ({args.only} sub-section)")
         return
-    open_sizes = [1_000, 10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     max_stored = args.max_stored or (100_000 if args.quick else 1_000_000)
     sizes = (20_000, 100_000) if args.quick else (100_000, 1_000_000, 3_000_000)
     stored_sizes = [s for s in sizes if s < max_stored] + [max_stored]
