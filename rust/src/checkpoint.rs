@@ -29,11 +29,14 @@
 //! ```
 //!
 //! A damaged checkpoint is an error, never a panic or a wrong state: the checksum catches
-//! damage, and the reader checks every length, index and tag anyway (it allocates no more
-//! than the bytes it has can fill).
-use crate::beacon::{ActionType, ErrorKind};
+//! damage, and the reader checks every length, index and tag anyway, and what ingest would
+//! have refused (an app or session id that is not valid, a key out of order or twice, a time
+//! or duration out of range, text past its limit, more properties than a session keeps). A
+//! count allocates no more than the bytes left can fill, and a text copied per reference (app,
+//! screen, property key) is bounded as ingest bounds it.
+use crate::beacon::{limits, valid_app, valid_sid, ActionType, ErrorKind};
 use crate::intern::HashState;
-use crate::session::{Action, ActionExtra, ActionKey, ErrorRec, ExtraShape, RageRec, Session, Shared, TraceParent, VitalRec, DIRTY_ALL, NOT_QUEUED, NO_STATUS};
+use crate::session::{Action, ActionExtra, ActionKey, ErrorRec, ExtraShape, RageRec, Session, Shared, TraceParent, VitalRec, DIRTY_ALL, MAX_PROPERTIES, NOT_QUEUED, NO_STATUS};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -99,19 +102,39 @@ pub fn read(bytes: &[u8], shared: &mut Shared) -> Result<Restored, String> {
     read_body(body, shared).map_err(|Damaged(why)| why.to_owned())
 }
 
+/// A time in milliseconds that ingest could have made: far from where arithmetic on it (an
+/// action's end, a deadline) could overflow.
+fn time(t: i64) -> Result<i64, Damaged> {
+    if t.unsigned_abs() <= 1 << 53 {
+        Ok(t)
+    } else {
+        Err(Damaged("a time out of range"))
+    }
+}
+
 fn read_body(body: &[u8], shared: &mut Shared) -> Result<Restored, Damaged> {
     let mut r = Reader { buf: body, shared, texts: Vec::new(), keys: Vec::new(), shapes: Vec::new() };
     let n = r.count(8)?;
-    let mut sessions = Vec::with_capacity(n);
+    let mut sessions: Vec<Box<Session>> = Vec::with_capacity(n);
     for _ in 0..n {
-        sessions.push(Box::new(r.session()?));
+        let s = r.session()?;
+        // written in the order of their keys (app, newline, sid): a key twice would lose one
+        // ('\n' sorts before every character an app may have, so (app, sid) orders as the key)
+        if sessions.last().is_some_and(|p| (p.app.as_str(), p.sid.as_str()) >= (s.app.as_str(), s.sid.as_str())) {
+            return Err(Damaged("sessions out of order or twice"));
+        }
+        sessions.push(Box::new(s));
     }
     let n = r.count(3)?;
-    let mut tombstones = Vec::with_capacity(n);
+    let mut tombstones: Vec<(String, u32, i64)> = Vec::with_capacity(n);
     for _ in 0..n {
         let key = r.str()?.to_owned();
+        if tombstones.last().is_some_and(|p| p.0 >= key) {
+            return Err(Damaged("tombstones out of order or twice"));
+        }
         let part = r.u32()?;
-        tombstones.push((key, part, r.signed()?));
+        let last_recv = time(r.signed()?)?;
+        tombstones.push((key, part, last_recv));
     }
     if !r.buf.is_empty() {
         return Err(Damaged("trailing bytes after the state"));
@@ -533,12 +556,24 @@ impl<'b> Reader<'b, '_> {
         Ok(shape)
     }
 
+    /// A text copied into the session per reference, at most `max` bytes.
+    fn short_text(&mut self, max: usize) -> Result<String, Damaged> {
+        let t = self.text()?;
+        if t.len() > max {
+            return Err(Damaged("a text longer than its limit"));
+        }
+        Ok(String::from(&*t))
+    }
+
     fn session(&mut self) -> Result<Session, Damaged> {
-        let app = String::from(&*self.text()?);
+        let app = self.short_text(64)?;
         let sid = self.str()?.to_owned();
+        if !valid_app(&app) || !valid_sid(&sid) {
+            return Err(Damaged("an app or session id that is not valid"));
+        }
         let part = self.u32()?;
-        let first_recv = self.signed()?;
-        let last_recv = first_recv.wrapping_add(self.signed()?);
+        let first_recv = time(self.signed()?)?;
+        let last_recv = time(first_recv.wrapping_add(self.signed()?))?;
         let flags = self.byte()?;
         let on = |bit: u8| flags & bit != 0;
         if on(USER_TAG_IS_LAST) && !on(USER_TAG) {
@@ -549,19 +584,22 @@ impl<'b> Reader<'b, '_> {
         let mut user_tags = Vec::with_capacity(n);
         for _ in 0..n {
             let tag = self.str()?.to_owned();
-            user_tags.push((tag, first_recv.wrapping_add(self.signed()?)));
+            user_tags.push((tag, time(first_recv.wrapping_add(self.signed()?))?));
         }
         if on(USER_TAG_IS_LAST) {
             user_tag = Some(user_tags.last().ok_or(Damaged("a user tag without user tags"))?.0.clone());
         }
         let visitor_id = if on(VISITOR) { Some(self.str()?.to_owned()) } else { None };
-        let screen = if on(SCREEN) { Some(String::from(&*self.text()?)) } else { None };
+        let screen = if on(SCREEN) { Some(self.short_text(4 * limits::SHORT)?) } else { None };
         let ip = if on(IP) { Some(self.str()?.to_owned()) } else { None };
         let user_agent = if on(USER_AGENT) { Some(self.text()?) } else { None };
         let n = self.count(2)?;
+        if n > MAX_PROPERTIES {
+            return Err(Damaged("more properties than a session keeps"));
+        }
         let mut properties = Vec::with_capacity(n);
         for _ in 0..n {
-            let k = String::from(&*self.text()?);
+            let k = self.short_text(4 * limits::KEY)?;
             properties.push((k, self.str()?.to_owned()));
         }
         let n = self.count(1)?;
@@ -587,25 +625,25 @@ impl<'b> Reader<'b, '_> {
                 _ => return Err(Damaged("an unknown error kind")),
             };
             let (message, stack) = (self.opt_owned()?, self.opt_owned()?);
-            errors.push(ErrorRec { kind, message, stack, t: first_recv.wrapping_add(self.signed()?) });
+            errors.push(ErrorRec { kind, message, stack, t: time(first_recv.wrapping_add(self.signed()?))? });
         }
         let n = self.count(3)?;
         let mut vitals = Vec::with_capacity(n);
         for _ in 0..n {
             let name = self.text()?;
             let value = self.f64()?;
-            vitals.push(VitalRec { name, value, t: first_recv.wrapping_add(self.signed()?) });
+            vitals.push(VitalRec { name, value, t: time(first_recv.wrapping_add(self.signed()?))? });
         }
         let n = self.count(3)?;
         let mut rage = Vec::with_capacity(n);
         for _ in 0..n {
             let target = self.opt_owned()?;
             let count = self.u32()?;
-            rage.push(RageRec { target, count, t: first_recv.wrapping_add(self.signed()?) });
+            rage.push(RageRec { target, count, t: time(first_recv.wrapping_add(self.signed()?))? });
         }
         let end = if on(END) {
             let reason = self.opt_owned()?;
-            Some((reason, first_recv.wrapping_add(self.signed()?)))
+            Some((reason, time(first_recv.wrapping_add(self.signed()?))?))
         } else {
             None
         };
@@ -645,8 +683,11 @@ impl<'b> Reader<'b, '_> {
         if head & 0x80 != 0 || (head & (WIDE | TRACE) != 0 && head & EXTRA == 0) {
             return Err(Damaged("a bad action head"));
         }
-        let t = previous.wrapping_add(self.signed()?);
+        let t = time(previous.wrapping_add(self.signed()?))?;
         let dur = self.f64()?;
+        if !(0.0..=limits::MAX_DUR).contains(&dur) {
+            return Err(Damaged("a duration out of range"));
+        }
         let key = self.key()?;
         let page = if head & PAGE != 0 { self.u32()? } else { 0 };
         if (head & PAGE != 0 && page == 0) || page as usize > pages {

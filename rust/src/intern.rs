@@ -7,14 +7,40 @@
 //! holds them): nothing is allocated for a value the table has already.
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// The tables' hash: foldhash, seeded at random per table (`RandomState`), not `SipHash`. The
-/// values come from clients (action names, URLs), so the hash must stay keyed: with a random
-/// seed an attacker cannot compute colliding values offline (the denial of service that matters
-/// here; foldhash says it is minimally resistant to it); `SipHash`-1-3 was a tenth of ingest's
-/// instructions. The open-session map, keyed by client session ids, keeps `SipHash`.
-pub type HashState = foldhash::fast::RandomState;
+/// The tables' hash: foldhash, keyed at random per table, not `SipHash`. The values come from
+/// clients (action names, URLs, session ids, user agents), so the hash must stay keyed: with a
+/// secret key an attacker cannot compute colliding values offline (the denial of service that
+/// matters here; foldhash says it is minimally resistant to it); `SipHash`-1-3 was a tenth of
+/// ingest's instructions. The key comes from the operating system's random source (through
+/// std's `RandomState`, whose keys it draws once per thread), not from foldhash's own default
+/// seed, which mixes stack and heap addresses and the clock.
+#[derive(Clone, Debug)]
+pub struct HashState(foldhash::fast::SeedableRandomState);
+
+impl Default for HashState {
+    fn default() -> Self {
+        static SHARED: OnceLock<foldhash::SharedSeed> = OnceLock::new();
+        let shared = SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(os_random_u64()));
+        HashState(foldhash::fast::SeedableRandomState::with_seed(os_random_u64(), shared))
+    }
+}
+
+impl BuildHasher for HashState {
+    type Hasher = foldhash::fast::FoldHasher<'static>;
+
+    #[inline]
+    fn build_hasher(&self) -> Self::Hasher {
+        self.0.build_hasher()
+    }
+}
+
+/// 64 random bits: std's `RandomState` is keyed from the operating system's random source
+/// (once per thread, then a new key each call), so what it makes of a constant is random.
+fn os_random_u64() -> u64 {
+    std::hash::RandomState::new().hash_one(0u64)
+}
 
 /// How a table hashes a value; the borrowed forms that find it hash the same fields the same
 /// way (see [`Table::find_or`]).
@@ -124,6 +150,13 @@ pub fn hash_fields(state: &HashState, write: impl FnOnce(&mut <HashState as Buil
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_table_has_its_own_random_key() {
+        let (a, b) = (HashState::default(), HashState::default());
+        assert_ne!(a.hash_one("sid-00000001"), b.hash_one("sid-00000001"));
+        assert_eq!(a.hash_one("sid-00000001"), a.clone().hash_one("sid-00000001"));
+    }
 
     #[test]
     fn equal_values_share_one_copy_and_unused_ones_are_pruned() {

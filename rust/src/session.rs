@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -1202,6 +1202,10 @@ pub struct Scratch {
 #[derive(Debug, Default)]
 pub struct MetricCounts {
     apps: Vec<AppCounts>,
+    /// where an app's counts are in `apps` (apps are the clients' choice: a call may close
+    /// sessions of thousands of them) and the one used last (most calls serve one or a few)
+    index: HashMap<String, usize, HashState>,
+    last: usize,
     /// (app, vital name, value), in the order the sessions closed
     vitals: Vec<(String, String, f64)>,
 }
@@ -1217,18 +1221,21 @@ struct AppCounts {
 
 impl MetricCounts {
     fn of_app(&mut self, app: &str) -> &mut AppCounts {
-        // a collector serves few apps: a list, the last one used first
-        let i = if let Some(i) = self.apps.iter().rposition(|c| c.app == app) {
-            i
-        } else {
-            self.apps.push(AppCounts { app: app.to_owned(), actions: [[0; 3]; 3], errors: [0; 3] });
-            self.apps.len() - 1
-        };
-        &mut self.apps[i]
+        if self.apps.get(self.last).is_none_or(|c| c.app != app) {
+            self.last = if let Some(&i) = self.index.get(app) {
+                i
+            } else {
+                self.apps.push(AppCounts { app: app.to_owned(), actions: [[0; 3]; 3], errors: [0; 3] });
+                self.index.insert(app.to_owned(), self.apps.len() - 1);
+                self.apps.len() - 1
+            };
+        }
+        &mut self.apps[self.last]
     }
 
     /// Adds the counts to `m` (only those above 0 make entries) and empties them.
     pub fn drain_into(&mut self, m: &mut SessionMetrics) {
+        self.index.clear();
         for c in self.apps.drain(..) {
             for kind in [ActionType::Load, ActionType::Xhr, ActionType::Custom] {
                 for category in [ApdexCategory::Satisfied, ApdexCategory::Tolerating, ApdexCategory::Frustrated] {
@@ -1308,6 +1315,34 @@ fn attach(actions: &[Action], order: &[usize], t: i64) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_counts_keep_apps_apart_in_any_order() {
+        let mut m = MetricCounts::default();
+        // interleaved, repeated, and more apps than a list would be searched for
+        let apps: Vec<String> = (0..300).map(|i| format!("app-{i}")).collect();
+        for round in 0..3u64 {
+            for (i, app) in apps.iter().enumerate() {
+                for _ in 0..=(i % 3) {
+                    m.of_app(app).errors[ErrorKind::Js as usize] += round + 1;
+                }
+                m.of_app(&apps[0]).actions[ActionType::Xhr as usize][ApdexCategory::Frustrated as usize] += 1;
+            }
+        }
+        let mut out = SessionMetrics::default();
+        m.drain_into(&mut out);
+        assert_eq!(out.errors.len(), 300);
+        for (i, app) in apps.iter().enumerate() {
+            assert_eq!(out.errors[&(app.clone(), "js")], 6 * (i as u64 % 3 + 1), "{app}");
+        }
+        assert_eq!(out.actions[&("app-0".to_owned(), "xhr", "frustrated")], 900);
+        // drained: the next call starts from nothing
+        m.of_app("app-7").errors[ErrorKind::Js as usize] += 1;
+        let mut next = SessionMetrics::default();
+        m.drain_into(&mut next);
+        assert_eq!(next.errors.len(), 1);
+        assert_eq!(next.errors[&("app-7".to_owned(), "js")], 1);
+    }
 
     #[test]
     fn every_end_reason_has_its_name() {

@@ -1419,6 +1419,47 @@ mod tests {
         }
     }
 
+    type Change<'a> = &'a dyn Fn(&mut Vec<Session>);
+
+    #[test]
+    fn a_checkpoint_with_what_ingest_refuses_is_an_error() {
+        let state = varied_core().checkpoint();
+        let mut shared = Shared::default();
+        let (sessions, tombstones) = checkpoint::read(&state, &mut shared).unwrap();
+        assert!(sessions.len() >= 2 && sessions.iter().any(|s| !s.actions.is_empty()));
+        let rows: Vec<(&str, u32, i64)> = tombstones.iter().map(|(k, p, t)| (k.as_str(), *p, *t)).collect();
+        let rewrite = |change: &dyn Fn(&mut Vec<Session>)| {
+            let mut changed: Vec<Session> = sessions.iter().map(|s| (**s).clone()).collect();
+            change(&mut changed);
+            checkpoint::write(&changed.iter().collect::<Vec<_>>(), &rows)
+        };
+        // unchanged, the rewritten state restores (the checks refuse only what they should)
+        core(json!({})).restore(&rewrite(&|_| {})).unwrap();
+        let with_action = sessions.iter().position(|s| !s.actions.is_empty()).unwrap();
+        let cases: [(&str, Change); 9] = [
+            ("a session twice", &|ss| {
+                let first = ss[0].clone();
+                ss.insert(0, first);
+            }),
+            ("out of order", &|ss| ss.swap(0, 1)),
+            ("an app ingest refuses", &|ss| ss[0].app = "shop\nother".into()),
+            ("an app past 64 bytes", &|ss| ss[0].app = "a".repeat(65)),
+            ("a session id ingest refuses", &|ss| ss[0].sid = "short".into()),
+            ("a time past 2^53", &|ss| ss[0].first_recv = 1 << 60),
+            ("a duration past a day", &|ss| ss[with_action].actions[0].dur = 1e12),
+            ("a negative duration", &|ss| ss[with_action].actions[0].dur = -1.0),
+            ("51 properties", &|ss| ss[0].properties = (0..51).map(|i| (format!("k{i}"), "v".into())).collect()),
+        ];
+        for (what, change) in cases {
+            let mut c = core(json!({}));
+            let err = c.restore(&rewrite(change));
+            assert!(err.is_err(), "{what} was restored");
+            assert_eq!(c.open_count(), 0, "{what}: a failed restore keeps the state");
+        }
+        let twice: Vec<(&str, u32, i64)> = vec![("shop\nsid-00000001", 1, T0), ("shop\nsid-00000001", 2, T0)];
+        assert!(core(json!({})).restore(&checkpoint::write(&[], &twice)).is_err());
+    }
+
     #[test]
     fn checkpoint_restore_continue_equals_an_uninterrupted_run() {
         let settings = json!({"timeout_ms": 60_000});
