@@ -215,12 +215,8 @@ struct Writer<'a> {
 }
 
 impl<'a> Writer<'a> {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.out.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        self.out.push(v as u8);
+    fn varint(&mut self, v: u64) {
+        crate::wire::push_varint(&mut self.out, v);
     }
 
     fn signed(&mut self, v: i64) {
@@ -556,6 +552,11 @@ impl<'b> Reader<'b, '_> {
         Ok(shape)
     }
 
+    /// A time written as its difference from `base`.
+    fn time_after(&mut self, base: i64) -> Result<i64, Damaged> {
+        time(base.wrapping_add(self.signed()?))
+    }
+
     /// A text copied into the session per reference, at most `max` bytes.
     fn short_text(&mut self, max: usize) -> Result<String, Damaged> {
         let t = self.text()?;
@@ -573,7 +574,7 @@ impl<'b> Reader<'b, '_> {
         }
         let part = self.u32()?;
         let first_recv = time(self.signed()?)?;
-        let last_recv = time(first_recv.wrapping_add(self.signed()?))?;
+        let last_recv = self.time_after(first_recv)?;
         let flags = self.byte()?;
         let on = |bit: u8| flags & bit != 0;
         if on(USER_TAG_IS_LAST) && !on(USER_TAG) {
@@ -584,7 +585,7 @@ impl<'b> Reader<'b, '_> {
         let mut user_tags = Vec::with_capacity(n);
         for _ in 0..n {
             let tag = self.str()?.to_owned();
-            user_tags.push((tag, time(first_recv.wrapping_add(self.signed()?))?));
+            user_tags.push((tag, self.time_after(first_recv)?));
         }
         if on(USER_TAG_IS_LAST) {
             user_tag = Some(user_tags.last().ok_or(Damaged("a user tag without user tags"))?.0.clone());
@@ -625,25 +626,25 @@ impl<'b> Reader<'b, '_> {
                 _ => return Err(Damaged("an unknown error kind")),
             };
             let (message, stack) = (self.opt_owned()?, self.opt_owned()?);
-            errors.push(ErrorRec { kind, message, stack, t: time(first_recv.wrapping_add(self.signed()?))? });
+            errors.push(ErrorRec { kind, message, stack, t: self.time_after(first_recv)? });
         }
         let n = self.count(3)?;
         let mut vitals = Vec::with_capacity(n);
         for _ in 0..n {
             let name = self.text()?;
             let value = self.f64()?;
-            vitals.push(VitalRec { name, value, t: time(first_recv.wrapping_add(self.signed()?))? });
+            vitals.push(VitalRec { name, value, t: self.time_after(first_recv)? });
         }
         let n = self.count(3)?;
         let mut rage = Vec::with_capacity(n);
         for _ in 0..n {
             let target = self.opt_owned()?;
             let count = self.u32()?;
-            rage.push(RageRec { target, count, t: time(first_recv.wrapping_add(self.signed()?))? });
+            rage.push(RageRec { target, count, t: self.time_after(first_recv)? });
         }
         let end = if on(END) {
             let reason = self.opt_owned()?;
-            Some((reason, time(first_recv.wrapping_add(self.signed()?))?))
+            Some((reason, self.time_after(first_recv)?))
         } else {
             None
         };
@@ -683,7 +684,7 @@ impl<'b> Reader<'b, '_> {
         if head & 0x80 != 0 || (head & (WIDE | TRACE) != 0 && head & EXTRA == 0) {
             return Err(Damaged("a bad action head"));
         }
-        let t = time(previous.wrapping_add(self.signed()?))?;
+        let t = self.time_after(previous)?;
         let dur = self.f64()?;
         if !(0.0..=limits::MAX_DUR).contains(&dur) {
             return Err(Damaged("a duration out of range"));

@@ -76,6 +76,7 @@ pub struct ParsedResource<S> {
 }
 
 mod packed;
+pub(crate) use packed::push_varint;
 
 /// Appends the packed form of a request's beacons to `out` (see `wire/packed.rs`).
 pub fn encode<S: AsRef<str>>(beacons: &[ParsedBeacon<S>], out: Vec<u8>) -> Vec<u8> {

@@ -72,17 +72,23 @@ struct Writer {
     structure: Vec<u8>,
 }
 
+/// `v` as a LEB128 varint: 7 bits a byte, the low ones first, the high bit set on all but the
+/// last (also the checkpoint's whole numbers).
+pub(crate) fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 impl Writer {
     fn byte(&mut self, b: u8) {
         self.structure.push(b);
     }
 
-    fn varint(&mut self, mut n: u32) {
-        while n >= 0x80 {
-            self.structure.push(n as u8 | 0x80);
-            n >>= 7;
-        }
-        self.structure.push(n as u8);
+    fn varint(&mut self, n: u32) {
+        push_varint(&mut self.structure, n.into());
     }
 
     fn count(&mut self, n: usize) {
