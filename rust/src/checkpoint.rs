@@ -102,44 +102,80 @@ pub fn read(bytes: &[u8], shared: &mut Shared) -> Result<Restored, String> {
     read_body(body, shared).map_err(|Damaged(why)| why.to_owned())
 }
 
-/// A time in milliseconds that ingest could have made: far from where arithmetic on it (an
-/// action's end, a deadline) could overflow.
-fn time(t: i64) -> Result<i64, Damaged> {
-    if t.unsigned_abs() <= 1 << 53 {
-        Ok(t)
-    } else {
-        Err(Damaged("a time out of range"))
-    }
-}
+/// Past this (milliseconds either side of 1970, ~285,000 years) no time ingest makes can be.
+const MAX_TIME: u64 = 1 << 53;
 
 fn read_body(body: &[u8], shared: &mut Shared) -> Result<Restored, Damaged> {
     let mut r = Reader { buf: body, shared, texts: Vec::new(), keys: Vec::new(), shapes: Vec::new() };
     let n = r.count(8)?;
-    let mut sessions: Vec<Box<Session>> = Vec::with_capacity(n);
+    let mut sessions = Vec::with_capacity(n);
     for _ in 0..n {
         let s = r.session()?;
-        // written in the order of their keys (app, newline, sid): a key twice would lose one
-        // ('\n' sorts before every character an app may have, so (app, sid) orders as the key)
-        if sessions.last().is_some_and(|p| (p.app.as_str(), p.sid.as_str()) >= (s.app.as_str(), s.sid.as_str())) {
-            return Err(Damaged("sessions out of order or twice"));
-        }
+        check_session(&s)?;
         sessions.push(Box::new(s));
     }
     let n = r.count(3)?;
-    let mut tombstones: Vec<(String, u32, i64)> = Vec::with_capacity(n);
+    let mut tombstones = Vec::with_capacity(n);
     for _ in 0..n {
         let key = r.str()?.to_owned();
-        if tombstones.last().is_some_and(|p| p.0 >= key) {
-            return Err(Damaged("tombstones out of order or twice"));
-        }
         let part = r.u32()?;
-        let last_recv = time(r.signed()?)?;
-        tombstones.push((key, part, last_recv));
+        tombstones.push((key, part, r.signed()?));
     }
     if !r.buf.is_empty() {
         return Err(Damaged("trailing bytes after the state"));
     }
-    Ok((sessions, tombstones))
+    let restored = (sessions, tombstones);
+    check_order(&restored)?;
+    Ok(restored)
+}
+
+/// What ingest would have refused, in a restored session (either version): an app or session
+/// id that is not valid, text or properties past their limits, a time far enough out that
+/// arithmetic on it (an action's end, a deadline) could overflow, a duration out of range.
+fn check_session(s: &Session) -> Result<(), Damaged> {
+    if !valid_app(&s.app) || !valid_sid(&s.sid) {
+        return Err(Damaged("an app or session id that is not valid"));
+    }
+    if s.screen.as_ref().is_some_and(|x| x.len() > 4 * limits::SHORT)
+        || s.properties.len() > MAX_PROPERTIES
+        || s.properties.iter().any(|(k, _)| k.len() > 4 * limits::KEY)
+    {
+        return Err(Damaged("text or properties past their limits"));
+    }
+    let mut times = [s.first_recv, s.last_recv]
+        .into_iter()
+        .chain(s.user_tags.iter().map(|u| u.1))
+        .chain(s.actions.iter().map(|a| a.t))
+        .chain(s.errors.iter().map(|e| e.t))
+        .chain(s.vitals.iter().map(|v| v.t))
+        .chain(s.rage.iter().map(|r| r.t))
+        .chain(s.end.iter().map(|e| e.1));
+    if !times.all(|t| t.unsigned_abs() <= MAX_TIME) {
+        return Err(Damaged("a time out of range"));
+    }
+    if !s.actions.iter().all(|a| (0.0..=limits::MAX_DUR).contains(&a.dur)) {
+        return Err(Damaged("a duration out of range"));
+    }
+    Ok(())
+}
+
+/// Sessions and tombstones in the order of their keys, each key once (a key twice would lose
+/// one); ('\n' sorts before every character an app may have, so (app, sid) orders as the key).
+fn check_order((sessions, tombstones): &Restored) -> Result<(), Damaged> {
+    if !sessions.windows(2).all(|w| (w[0].app.as_str(), w[0].sid.as_str()) < (w[1].app.as_str(), w[1].sid.as_str())) {
+        return Err(Damaged("sessions out of order or twice"));
+    }
+    if !tombstones.windows(2).all(|w| w[0].0 < w[1].0) || tombstones.iter().any(|t| t.2.unsigned_abs() > MAX_TIME) {
+        return Err(Damaged("tombstones out of order, twice or out of range"));
+    }
+    Ok(())
+}
+
+/// A version-2 checkpoint's state (read by the sessionizer through serde) checked as a
+/// version-3 reader checks what it reads.
+pub fn check(restored: &Restored) -> Result<(), String> {
+    let checked = restored.0.iter().try_for_each(|s| check_session(s)).and_then(|()| check_order(restored));
+    checked.map_err(|Damaged(why)| why.to_owned())
 }
 
 /// A 64-bit checksum of the body, to tell a damaged checkpoint from a good one (not against
@@ -554,7 +590,7 @@ impl<'b> Reader<'b, '_> {
 
     /// A time written as its difference from `base`.
     fn time_after(&mut self, base: i64) -> Result<i64, Damaged> {
-        time(base.wrapping_add(self.signed()?))
+        Ok(base.wrapping_add(self.signed()?))
     }
 
     /// A text copied into the session per reference, at most `max` bytes.
@@ -567,13 +603,12 @@ impl<'b> Reader<'b, '_> {
     }
 
     fn session(&mut self) -> Result<Session, Damaged> {
+        // the texts copied per reference are bounded as they are read (a long one referred to
+        // by every property would make a small checkpoint restore gigabytes)
         let app = self.short_text(64)?;
         let sid = self.str()?.to_owned();
-        if !valid_app(&app) || !valid_sid(&sid) {
-            return Err(Damaged("an app or session id that is not valid"));
-        }
         let part = self.u32()?;
-        let first_recv = time(self.signed()?)?;
+        let first_recv = self.signed()?;
         let last_recv = self.time_after(first_recv)?;
         let flags = self.byte()?;
         let on = |bit: u8| flags & bit != 0;
@@ -686,9 +721,6 @@ impl<'b> Reader<'b, '_> {
         }
         let t = self.time_after(previous)?;
         let dur = self.f64()?;
-        if !(0.0..=limits::MAX_DUR).contains(&dur) {
-            return Err(Damaged("a duration out of range"));
-        }
         let key = self.key()?;
         let page = if head & PAGE != 0 { self.u32()? } else { 0 };
         if (head & PAGE != 0 && page == 0) || page as usize > pages {
