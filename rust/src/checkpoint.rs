@@ -104,6 +104,10 @@ pub fn read(bytes: &[u8], shared: &mut Shared) -> Result<Restored, String> {
 
 /// Past this (milliseconds either side of 1970, ~285,000 years) no time ingest makes can be.
 const MAX_TIME: u64 = 1 << 53;
+/// The longest texts ingest keeps, in bytes (its limits count characters, of up to 4 bytes).
+const MAX_APP_BYTES: usize = 64;
+const MAX_SCREEN_BYTES: usize = 4 * limits::SHORT;
+const MAX_PROPERTY_KEY_BYTES: usize = 4 * limits::KEY;
 
 fn read_body(body: &[u8], shared: &mut Shared) -> Result<Restored, Damaged> {
     let mut r = Reader { buf: body, shared, texts: Vec::new(), keys: Vec::new(), shapes: Vec::new() };
@@ -136,9 +140,9 @@ fn check_session(s: &Session) -> Result<(), Damaged> {
     if !valid_app(&s.app) || !valid_sid(&s.sid) {
         return Err(Damaged("an app or session id that is not valid"));
     }
-    if s.screen.as_ref().is_some_and(|x| x.len() > 4 * limits::SHORT)
+    if s.screen.as_ref().is_some_and(|x| x.len() > MAX_SCREEN_BYTES)
         || s.properties.len() > MAX_PROPERTIES
-        || s.properties.iter().any(|(k, _)| k.len() > 4 * limits::KEY)
+        || s.properties.iter().any(|(k, _)| k.len() > MAX_PROPERTY_KEY_BYTES)
     {
         return Err(Damaged("text or properties past their limits"));
     }
@@ -605,7 +609,7 @@ impl<'b> Reader<'b, '_> {
     fn session(&mut self) -> Result<Session, Damaged> {
         // the texts copied per reference are bounded as they are read (a long one referred to
         // by every property would make a small checkpoint restore gigabytes)
-        let app = self.short_text(64)?;
+        let app = self.short_text(MAX_APP_BYTES)?;
         let sid = self.str()?.to_owned();
         let part = self.u32()?;
         let first_recv = self.signed()?;
@@ -626,7 +630,7 @@ impl<'b> Reader<'b, '_> {
             user_tag = Some(user_tags.last().ok_or(Damaged("a user tag without user tags"))?.0.clone());
         }
         let visitor_id = if on(VISITOR) { Some(self.str()?.to_owned()) } else { None };
-        let screen = if on(SCREEN) { Some(self.short_text(4 * limits::SHORT)?) } else { None };
+        let screen = if on(SCREEN) { Some(self.short_text(MAX_SCREEN_BYTES)?) } else { None };
         let ip = if on(IP) { Some(self.str()?.to_owned()) } else { None };
         let user_agent = if on(USER_AGENT) { Some(self.text()?) } else { None };
         let n = self.count(2)?;
@@ -635,7 +639,7 @@ impl<'b> Reader<'b, '_> {
         }
         let mut properties = Vec::with_capacity(n);
         for _ in 0..n {
-            let k = self.short_text(4 * limits::KEY)?;
+            let k = self.short_text(MAX_PROPERTY_KEY_BYTES)?;
             properties.push((k, self.str()?.to_owned()));
         }
         let n = self.count(1)?;

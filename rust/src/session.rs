@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -648,18 +648,6 @@ pub struct SessionMetrics {
     pub vitals: Vec<(String, String, f64)>,
 }
 
-impl SessionMetrics {
-    pub fn merge(&mut self, other: SessionMetrics) {
-        for (k, v) in other.actions {
-            *self.actions.entry(k).or_default() += v;
-        }
-        for (k, v) in other.errors {
-            *self.errors.entry(k).or_default() += v;
-        }
-        self.vitals.extend(other.vitals);
-    }
-}
-
 pub fn session_id(app: &str, sid: &str, part: u32, first_recv: i64) -> String {
     session_id_text(session_digest(app, sid, part, first_recv))
 }
@@ -1201,18 +1189,14 @@ pub struct Scratch {
 /// once per call by [`MetricCounts::drain_into`].
 #[derive(Debug, Default)]
 pub struct MetricCounts {
-    apps: Vec<AppCounts>,
-    /// where an app's counts are in `apps` (apps are the clients' choice: a call may close
-    /// sessions of thousands of them) and the one used last (most calls serve one or a few)
-    index: HashMap<String, usize, HashState>,
-    last: usize,
+    /// by app (apps are the clients' choice: a call may close sessions of thousands of them)
+    apps: hashbrown::HashMap<String, AppCounts, HashState>,
     /// (app, vital name, value), in the order the sessions closed
     vitals: Vec<(String, String, f64)>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct AppCounts {
-    app: String,
     /// by [`ActionType`], then [`ApdexCategory`]
     actions: [[u64; 3]; 3],
     /// by [`ErrorKind`]
@@ -1221,34 +1205,24 @@ struct AppCounts {
 
 impl MetricCounts {
     fn of_app(&mut self, app: &str) -> &mut AppCounts {
-        if self.apps.get(self.last).is_none_or(|c| c.app != app) {
-            self.last = if let Some(&i) = self.index.get(app) {
-                i
-            } else {
-                self.apps.push(AppCounts { app: app.to_owned(), actions: [[0; 3]; 3], errors: [0; 3] });
-                self.index.insert(app.to_owned(), self.apps.len() - 1);
-                self.apps.len() - 1
-            };
-        }
-        &mut self.apps[self.last]
+        self.apps.entry_ref(app).or_default()
     }
 
     /// Adds the counts to `m` (only those above 0 make entries) and empties them.
     pub fn drain_into(&mut self, m: &mut SessionMetrics) {
-        self.index.clear();
-        for c in self.apps.drain(..) {
+        for (app, c) in self.apps.drain() {
             for kind in [ActionType::Load, ActionType::Xhr, ActionType::Custom] {
                 for category in [ApdexCategory::Satisfied, ApdexCategory::Tolerating, ApdexCategory::Frustrated] {
                     let n = c.actions[kind as usize][category as usize];
                     if n > 0 {
-                        *m.actions.entry((c.app.clone(), kind.as_str(), category.as_str())).or_default() += n;
+                        *m.actions.entry((app.clone(), kind.as_str(), category.as_str())).or_default() += n;
                     }
                 }
             }
             for kind in ErrorKind::IN_KEY_ORDER {
                 let n = c.errors[kind as usize];
                 if n > 0 {
-                    *m.errors.entry((c.app.clone(), kind.as_str())).or_default() += n;
+                    *m.errors.entry((app.clone(), kind.as_str())).or_default() += n;
                 }
             }
         }
